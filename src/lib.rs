@@ -1,0 +1,6 @@
+//! assistantd: the Assistant Internal API of a coding-agent manager as one synchronous binary.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod store;
+pub mod util;
