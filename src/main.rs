@@ -1,1 +1,74 @@
-fn main() {}
+//! `assistantd` entry point: parse the command line, run the command, map errors to an exit code.
+
+use assistantd::app::{self, App};
+use assistantd::cli::{self, Command, Config};
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let (cmd, cfg) = match cli::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("assistantd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cmd, cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("assistantd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command, cfg: Config) -> Result<ExitCode, String> {
+    match cmd {
+        Command::Help => print!("{}", cli::USAGE),
+        Command::Version => println!("assistantd {}", env!("CARGO_PKG_VERSION")),
+        Command::Serve => return serve(cfg),
+        Command::Init { force } => {
+            let made = app::init_state(&cfg).map_err(|e| format!("init: {e}"))?;
+            let _ = force;
+            for m in made {
+                println!("created {m}");
+            }
+            println!("state ready in {}", cfg.state_dir.display());
+        }
+        Command::TokenShow => println!(
+            "{}",
+            app::current_token(&cfg).map_err(|e| format!("token: {e}"))?
+        ),
+        Command::TokenRotate => println!(
+            "{}",
+            app::rotate_token(&cfg).map_err(|e| format!("token rotate: {e}"))?
+        ),
+        Command::VapidGenerate => return Err("vapid generate: not built yet".into()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(cfg: Config) -> Result<ExitCode, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let listener = assistantd::http::bind(&cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Register signals before announcing readiness, so a SIGTERM right after the line is ours.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
+    let workers = cfg.workers;
+    let app = std::sync::Arc::new(App::open(cfg, addr.port())?);
+    let server =
+        assistantd::http::Server::start(app, listener, workers).map_err(|e| e.to_string())?;
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let sig = signals.forever().next();
+    eprintln!("signal {} received, stopping", sig.unwrap_or(0));
+    if server.shutdown() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("requests still running after the grace period; exiting anyway");
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,160 @@
+//! The application context shared by every worker, and the start-up work that builds it:
+//! state dir creation (`init`), the token, temp-file cleanup, workspace provisioning.
+
+use crate::auth::{self, TokenStore};
+use crate::cli::Config;
+use crate::opencode;
+use crate::ratelimit::{RateLimiter, RELOAD_RATE, SEND_RATE};
+use crate::repos::RepoPaths;
+use crate::store::{self, Store};
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// Name of the token file in the state dir.
+pub const TOKEN_FILE: &str = "internal-token";
+/// Mode of the token file and other secrets.
+pub const SECRET_MODE: u32 = 0o600;
+/// Mode of the state dir we create.
+const STATE_DIR_MODE: u32 = 0o700;
+/// Empty state files `init` creates when missing: (file, content).
+const EMPTY_STATE: [(&str, &str); 4] = [
+    ("settings.json", "{\n  \"users\": {}\n}\n"),
+    ("repos.json", "{\n  \"repos\": []\n}\n"),
+    ("subscriptions.json", "{\n  \"subscriptions\": []\n}\n"),
+    ("schedules.json", "{\n  \"jobs\": [],\n  \"runs\": []\n}\n"),
+];
+
+/// Everything a handler may use.
+pub struct App {
+    pub cfg: Config,
+    pub store: Store,
+    pub tokens: TokenStore,
+    pub send_limiter: RateLimiter,
+    pub reload_limiter: RateLimiter,
+    pub opencode: opencode::Client,
+    pub repo_paths: RepoPaths,
+}
+
+fn ms_of(t: io::Result<SystemTime>) -> Option<i64> {
+    t.ok()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+}
+
+/// Creates the state dir with empty state files (only the missing ones) and the token.
+pub fn init_state(cfg: &Config) -> io::Result<Vec<String>> {
+    let mut made = Vec::new();
+    if !cfg.state_dir.exists() {
+        fs::create_dir_all(&cfg.state_dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(STATE_DIR_MODE))?;
+        made.push(cfg.state_dir.display().to_string());
+    }
+    for (file, content) in EMPTY_STATE {
+        let p = cfg.state_dir.join(file);
+        if !p.exists() {
+            store::write_atomic(&p, content.as_bytes(), store::STATE_FILE_MODE)?;
+            made.push(file.to_string());
+        }
+    }
+    if cfg.fixed_token.is_none() && ensure_token_file(&cfg.state_dir)? {
+        made.push(TOKEN_FILE.to_string());
+    }
+    Ok(made)
+}
+
+/// Creates `state/internal-token` when missing (true when created) and keeps it 0600.
+pub fn ensure_token_file(state_dir: &Path) -> io::Result<bool> {
+    let p = state_dir.join(TOKEN_FILE);
+    if p.exists() {
+        auth::read_token_file(&p)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&p, fs::Permissions::from_mode(SECRET_MODE))?;
+        return Ok(false);
+    }
+    store::write_atomic(&p, auth::generate_token().as_bytes(), SECRET_MODE)?;
+    Ok(true)
+}
+
+/// The token in force: `ASSISTANTD_TOKEN` or the state file.
+pub fn current_token(cfg: &Config) -> io::Result<String> {
+    match &cfg.fixed_token {
+        Some(t) => Ok(t.clone()),
+        None => auth::read_token_file(&cfg.state_dir.join(TOKEN_FILE)),
+    }
+}
+
+/// Replaces the token in the state dir and the workspace copy; returns the new token.
+pub fn rotate_token(cfg: &Config) -> io::Result<String> {
+    if cfg.fixed_token.is_some() {
+        return Err(io::Error::other(
+            "the token comes from ASSISTANTD_TOKEN; change that instead",
+        ));
+    }
+    let t = auth::generate_token();
+    store::write_atomic(&cfg.state_dir.join(TOKEN_FILE), t.as_bytes(), SECRET_MODE)?;
+    write_workspace_token(&cfg.workspace, &t)?;
+    Ok(t)
+}
+
+impl App {
+    /// Builds the app for `serve` on `port` (the real bound port, used in the skills' base URL).
+    /// A missing state dir is first created as by `init`; an existing one only gets a token.
+    pub fn open(cfg: Config, port: u16) -> Result<App, String> {
+        let fresh = !cfg.state_dir.exists();
+        if fresh {
+            init_state(&cfg)
+                .map_err(|e| format!("cannot create state dir {}: {e}", cfg.state_dir.display()))?;
+        } else if cfg.fixed_token.is_none() {
+            ensure_token_file(&cfg.state_dir)
+                .map_err(|e| format!("token file in {}: {e}", cfg.state_dir.display()))?;
+        }
+        let store = Store::new(&cfg.state_dir);
+        let cleaned = store.clean_temp_files();
+        if cleaned > 0 {
+            eprintln!("removed {cleaned} temp file(s) left by an interrupted write");
+        }
+        let tokens = match &cfg.fixed_token {
+            Some(t) => TokenStore::fixed(t.clone()),
+            None => TokenStore::from_file(cfg.state_dir.join(TOKEN_FILE))
+                .map_err(|e| format!("token file: {e}"))?,
+        };
+        let started = crate::util::now_ms();
+        let repo_paths = RepoPaths {
+            repos_root: cfg.repos_root.clone(),
+            workspace: cfg.workspace.clone(),
+            assistant_cloned_at: 0,
+            assistant_accessed_at: started,
+        };
+        let opencode = opencode::Client::new(
+            &cfg.opencode_url,
+            &cfg.opencode_username,
+            cfg.opencode_password.as_deref(),
+        );
+        let _ = port;
+        let mut app = App {
+            cfg,
+            store,
+            tokens,
+            send_limiter: RateLimiter::new(SEND_RATE),
+            reload_limiter: RateLimiter::new(RELOAD_RATE),
+            opencode,
+            repo_paths,
+        };
+        app.repo_paths.assistant_cloned_at = fs::metadata(&app.cfg.workspace)
+            .ok()
+            .and_then(|m| ms_of(m.created()).or_else(|| ms_of(m.modified())))
+            .unwrap_or(started);
+        Ok(app)
+    }
+}
+
+// Replaced by workspace::write_token once the workspace module lands.
+fn write_workspace_token(ws: &Path, token: &str) -> io::Result<()> {
+    let dir = ws.join(".opencode");
+    fs::create_dir_all(&dir)?;
+    store::write_atomic(&dir.join("internal-token"), token.as_bytes(), SECRET_MODE)
+}

@@ -1,0 +1,223 @@
+//! Bearer/Basic token auth (contract §4). The expected token lives in `state/internal-token`
+//! (or `ASSISTANTD_TOKEN`); `token rotate` in another process replaces the file, and the running
+//! server notices by the file's identity (inode, mtime, size) on the next request, so a rotated
+//! token works at once and the old one stops working.
+
+use base64::Engine;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+/// Length of a token: 32 random bytes as lowercase hex.
+pub const TOKEN_LEN: usize = 64;
+/// Longest `Authorization` header we bother decoding.
+pub const MAX_AUTH_HEADER: usize = 4096;
+
+/// A fresh random token.
+pub fn generate_token() -> String {
+    crate::util::hex(&crate::util::random_bytes::<32>())
+}
+
+/// True for exactly 64 lowercase hex characters.
+pub fn is_valid_token(t: &str) -> bool {
+    t.len() == TOKEN_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Reads a token file: trimmed content, which must be a valid token.
+pub fn read_token_file(path: &Path) -> io::Result<String> {
+    let raw = fs::read_to_string(path)?;
+    let t = raw.trim();
+    if is_valid_token(t) {
+        Ok(t.to_string())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} does not hold a 64-char lowercase hex token",
+                path.display()
+            ),
+        ))
+    }
+}
+
+/// Constant-time equality. Lengths are compared without an early return too: every byte of the
+/// longer input is visited, so timing reveals nothing about the token's content.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().max(b.len());
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// The credential a request presented, extracted from `Authorization`.
+pub fn presented_secret(header: &str) -> Option<String> {
+    if header.len() > MAX_AUTH_HEADER {
+        return None;
+    }
+    let (scheme, rest) = header.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(rest.trim().to_string())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (_user, password) = text.split_once(':')?;
+        (!password.is_empty()).then(|| password.to_string())
+    } else {
+        None
+    }
+}
+
+/// Where the expected token comes from.
+#[derive(Debug)]
+enum Source {
+    Fixed,
+    File {
+        path: PathBuf,
+        stamp: RwLock<(Stamp, String)>,
+    },
+}
+
+type Stamp = (u64, i64, i64, u64);
+
+fn stamp(path: &Path) -> io::Result<Stamp> {
+    let m = fs::metadata(path)?;
+    Ok((m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+}
+
+/// The expected token, re-read when the token file changes.
+#[derive(Debug)]
+pub struct TokenStore {
+    fixed: Option<String>,
+    source: Source,
+}
+
+impl TokenStore {
+    /// A token given by the environment; the file is ignored.
+    pub fn fixed(token: String) -> Self {
+        TokenStore {
+            fixed: Some(token),
+            source: Source::Fixed,
+        }
+    }
+
+    /// The token in `path`, followed across rotations.
+    pub fn from_file(path: PathBuf) -> io::Result<Self> {
+        let st = stamp(&path)?;
+        let token = read_token_file(&path)?;
+        Ok(TokenStore {
+            fixed: None,
+            source: Source::File {
+                path,
+                stamp: RwLock::new((st, token)),
+            },
+        })
+    }
+
+    /// The current expected token.
+    pub fn current(&self) -> String {
+        match (&self.fixed, &self.source) {
+            (Some(t), _) => t.clone(),
+            (None, Source::File { path, stamp: cell }) => {
+                let now = stamp(path).ok();
+                {
+                    let g = cell.read().unwrap_or_else(|p| p.into_inner());
+                    if now.is_none() || now == Some(g.0) {
+                        return g.1.clone();
+                    }
+                }
+                // The file changed: re-read it. A half-rotated or broken file keeps the old
+                // token (rotation writes atomically, so this is only a hand-edit mistake).
+                let mut g = cell.write().unwrap_or_else(|p| p.into_inner());
+                if let (Some(st), Ok(t)) = (now, read_token_file(path)) {
+                    *g = (st, t);
+                }
+                g.1.clone()
+            }
+            (None, Source::Fixed) => String::new(),
+        }
+    }
+
+    /// Checks an `Authorization` header value. Returns the token on success (the rate-limit key).
+    pub fn check(&self, header: Option<&str>) -> Option<String> {
+        let presented = presented_secret(header?)?;
+        let expected = self.current();
+        (!expected.is_empty() && ct_eq(presented.as_bytes(), expected.as_bytes()))
+            .then_some(expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn basic(s: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    }
+
+    #[test]
+    fn schemes() {
+        let s = TokenStore::fixed(T.into());
+        assert!(s.check(Some(&format!("Bearer {T}"))).is_some());
+        assert!(s.check(Some(&format!("bearer {T}"))).is_some());
+        assert!(s.check(Some(&format!("BEARER {T}"))).is_some());
+        assert!(s.check(Some(&basic(&format!("opencode:{T}")))).is_some());
+        assert!(s.check(Some(&basic(&format!("anyone:{T}")))).is_some());
+        assert!(s.check(Some(&basic(&format!(":{T}")))).is_some());
+        assert!(s.check(None).is_none());
+        assert!(s.check(Some("")).is_none());
+        assert!(s.check(Some("Bearer ")).is_none());
+        assert!(s.check(Some(&format!("Bearer {T}x"))).is_none());
+        assert!(s.check(Some("Bearer short")).is_none());
+        assert!(s.check(Some(&format!("Digest {T}"))).is_none());
+        assert!(s.check(Some(&format!("Token {T}"))).is_none());
+        assert!(s.check(Some(&basic("opencode:wrong"))).is_none());
+        assert!(s.check(Some(&basic("opencode:"))).is_none());
+        assert!(s.check(Some(&basic(T))).is_none());
+    }
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(!ct_eq(b"", b"a"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn token_format() {
+        assert!(is_valid_token(T));
+        assert!(is_valid_token(&generate_token()));
+        assert!(!is_valid_token(&T.to_uppercase()));
+        assert!(!is_valid_token(&T[1..]));
+    }
+
+    #[test]
+    fn file_rotation_is_seen() {
+        let dir = std::env::temp_dir().join(format!("assistantd-auth-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("internal-token");
+        fs::write(&p, T).unwrap();
+        let s = TokenStore::from_file(p.clone()).unwrap();
+        assert_eq!(s.current(), T);
+        let t2 = generate_token();
+        crate::store::write_atomic(&p, t2.as_bytes(), 0o600).unwrap();
+        assert_eq!(s.current(), t2);
+        assert!(s.check(Some(&format!("Bearer {T}"))).is_none());
+    }
+}
