@@ -4,3 +4,4 @@
 pub mod error;
 pub mod store;
 pub mod util;
+pub mod workspace;
