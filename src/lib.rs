@@ -17,3 +17,4 @@ pub mod repos;
 pub mod routes;
 pub mod store;
 pub mod util;
+pub mod workspace;
