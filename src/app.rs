@@ -96,8 +96,39 @@ pub fn rotate_token(cfg: &Config) -> io::Result<String> {
     }
     let t = auth::generate_token();
     store::write_atomic(&cfg.state_dir.join(TOKEN_FILE), t.as_bytes(), SECRET_MODE)?;
-    write_workspace_token(&cfg.workspace, &t)?;
+    crate::workspace::write_token(&cfg.workspace, &t)?;
     Ok(t)
+}
+
+/// The skills' base URL for a server on `port`.
+pub fn api_base_url(port: u16) -> String {
+    format!("http://localhost:{port}/api/internal")
+}
+
+/// Writes the workspace token copy and the managed files; warnings go to the log.
+pub fn provision_workspace(cfg: &Config, port: u16, force: bool) -> Result<(), String> {
+    let token = current_token(cfg).map_err(|e| format!("token: {e}"))?;
+    let ws = crate::workspace::WorkspaceConfig {
+        dir: cfg.workspace.clone(),
+        api_base_url: api_base_url(port),
+    };
+    let warnings = crate::workspace::provision(&ws, &token, force)
+        .map_err(|e| format!("workspace {}: {e}", cfg.workspace.display()))?;
+    for w in warnings {
+        eprintln!("workspace: {w}");
+    }
+    Ok(())
+}
+
+/// Port the skills document when no server is running (`init`): the one `--listen` names,
+/// or the default when that is 0.
+pub fn documented_port(cfg: &Config) -> u16 {
+    cfg.listen
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.port())
+        .filter(|p| *p != 0)
+        .unwrap_or(5003)
 }
 
 impl App {
@@ -134,7 +165,7 @@ impl App {
             &cfg.opencode_username,
             cfg.opencode_password.as_deref(),
         );
-        let _ = port;
+        provision_workspace(&cfg, port, false)?;
         let mut app = App {
             cfg,
             store,
@@ -152,9 +183,3 @@ impl App {
     }
 }
 
-// Replaced by workspace::write_token once the workspace module lands.
-fn write_workspace_token(ws: &Path, token: &str) -> io::Result<()> {
-    let dir = ws.join(".opencode");
-    fs::create_dir_all(&dir)?;
-    store::write_atomic(&dir.join("internal-token"), token.as_bytes(), SECRET_MODE)
-}

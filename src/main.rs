@@ -30,7 +30,7 @@ fn run(cmd: Command, cfg: Config) -> Result<ExitCode, String> {
         Command::Serve => return serve(cfg),
         Command::Init { force } => {
             let made = app::init_state(&cfg).map_err(|e| format!("init: {e}"))?;
-            let _ = force;
+            app::provision_workspace(&cfg, app::documented_port(&cfg), force)?;
             for m in made {
                 println!("created {m}");
             }

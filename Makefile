@@ -1,0 +1,29 @@
+# assistantd — see README.md.
+CARGO ?= cargo
+BIN := target/release/assistantd
+RUN_STATE := run-state
+
+.PHONY: all build run test lint bench fuzz demo clean-run
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Serves a copy of the embedded default state (state/ → run-state/, ignored by git), so a dev
+# run never dirties the checkout. `init` adds the token, VAPID keys and workspace files.
+run: build
+	mkdir -p $(RUN_STATE)
+	cp -rn state/. $(RUN_STATE)/
+	$(BIN) init --state $(RUN_STATE)
+	$(BIN) serve --state $(RUN_STATE)
+
+test:
+	$(CARGO) test --all-targets -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean-run:
+	rm -rf $(RUN_STATE)
