@@ -995,3 +995,1151 @@ pub fn patch(
     })?;
     Ok(response(prefs, now_ms, expose_secrets))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ApiError;
+    use std::fs;
+    use std::path::PathBuf;
+
+    /// The reference's full defaults (§7.1), written out once, in order.
+    fn reference_defaults() -> Value {
+        json!({
+            "theme": "dark",
+            "mode": "build",
+            "autoScroll": true,
+            "expandDiffs": true,
+            "expandToolCalls": false,
+            "showReasoning": false,
+            "simpleChatMode": false,
+            "leaderKey": "Ctrl+O",
+            "directShortcuts": ["submit", "abort"],
+            "keyboardShortcuts": {
+                "submit": "Ctrl+Enter",
+                "abort": "Escape",
+                "toggleMode": "T",
+                "undo": "Z",
+                "redo": "Shift+Z",
+                "compact": "K",
+                "fork": "F",
+                "settings": ",",
+                "sessions": "S",
+                "newSession": "N",
+                "closeSession": "W",
+                "toggleSidebar": "B",
+                "selectModel": "M",
+                "variantCycle": "Ctrl+T"
+            },
+            "customCommands": [],
+            "gitCredentials": [],
+            "gitIdentity": {"name": "OpenCode Agent", "email": ""},
+            "tts": {
+                "enabled": false,
+                "provider": "external",
+                "autoPlay": false,
+                "endpoint": "https://api.openai.com",
+                "apiKey": "",
+                "voice": "alloy",
+                "model": "tts-1",
+                "speed": 1,
+                "availableVoices": [],
+                "availableModels": [],
+                "lastVoicesFetch": 0,
+                "lastModelsFetch": 0
+            },
+            "stt": {
+                "enabled": false,
+                "provider": "builtin",
+                "endpoint": "https://api.openai.com",
+                "apiKey": "",
+                "model": "",
+                "language": "en-US",
+                "availableModels": [],
+                "lastModelsFetch": 0
+            },
+            "notifications": {
+                "enabled": false,
+                "events": {
+                    "permissionAsked": true,
+                    "questionAsked": true,
+                    "sessionError": true,
+                    "sessionIdle": false
+                }
+            },
+            "repoSortMode": "recent",
+            "serverEnvVars": [],
+            "disabledDefaultServerEnvVars": []
+        })
+    }
+
+    /// Defaults with some top-level keys replaced.
+    fn defaults_with(changes: Value) -> Value {
+        let mut d = defaults();
+        for (k, v) in object(changes) {
+            d.insert(k, v);
+        }
+        Value::Object(d)
+    }
+
+    /// Serialised with key order, so order differences fail too.
+    fn text(v: &Value) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    /// The details of a rejected patch, as the client sees them.
+    fn rejected(body: Value) -> Value {
+        match validate_patch(&body) {
+            Err(SettingsError::Validation(d)) => serde_json::to_value(d).unwrap(),
+            other => panic!("expected a validation error for {body}, got {other:?}"),
+        }
+    }
+
+    fn accepted(body: Value) -> Value {
+        match validate_patch(&body) {
+            Ok(m) => Value::Object(m),
+            Err(e) => panic!("expected {body} to pass, got {e:?}"),
+        }
+    }
+
+    fn issue(path: Value, code: &str, message: &str) -> Value {
+        json!([{"path": path, "code": code, "message": message}])
+    }
+
+    fn unknown(path: Value, keys: &[&str]) -> Value {
+        let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        let plural = if keys.len() > 1 { "s" } else { "" };
+        json!([{
+            "path": path,
+            "code": "unrecognized_keys",
+            "message": format!("Unrecognized key{plural}: {}", quoted.join(", ")),
+            "keys": keys,
+        }])
+    }
+
+    fn temp_store(name: &str) -> (PathBuf, Store) {
+        let d =
+            std::env::temp_dir().join(format!("assistantd-settings-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let s = Store::new(&d);
+        (d, s)
+    }
+
+    fn seed(dir: &std::path::Path, file: Value) -> Vec<u8> {
+        let bytes = serde_json::to_vec_pretty(&file).unwrap();
+        fs::write(dir.join(SETTINGS_FILE), &bytes).unwrap();
+        bytes
+    }
+
+    fn file_json(dir: &std::path::Path) -> Value {
+        serde_json::from_slice(&fs::read(dir.join(SETTINGS_FILE)).unwrap()).unwrap()
+    }
+
+    fn with_user(user: &str, preferences: Value, updated_at: i64) -> SettingsFile {
+        let mut f = SettingsFile::default();
+        f.users.insert(
+            user.into(),
+            UserEntry {
+                preferences: object(preferences),
+                updated_at,
+            },
+        );
+        f
+    }
+
+    // --- defaults and reads -----------------------------------------------------------------
+
+    #[test]
+    fn defaults_are_the_reference_object_in_order() {
+        let d = Value::Object(defaults());
+        assert_eq!(d, reference_defaults());
+        assert_eq!(text(&d), text(&reference_defaults()));
+        assert_eq!(d["keyboardShortcuts"].as_object().unwrap().len(), 14);
+    }
+
+    #[test]
+    fn unknown_user_reads_as_defaults_at_zero() {
+        let (prefs, at) = effective(&SettingsFile::default(), "nobody").unwrap();
+        assert_eq!(text(&Value::Object(prefs)), text(&reference_defaults()));
+        assert_eq!(at, 0);
+        let (prefs, at) = effective(&with_user("alice", json!({}), 9), "bob").unwrap();
+        assert_eq!(Value::Object(prefs), reference_defaults());
+        assert_eq!(at, 0);
+    }
+
+    #[test]
+    fn stored_preferences_are_laid_over_defaults_and_normalised() {
+        let stored = json!({
+            "customAgents": [{"name": "x"}],
+            "somethingOld": 1,
+            "repoOrder": [3, 1.0, -0.0, 2.5],
+            "lastKnownGoodConfig": "{}",
+            "defaultModel": "anthropic/claude",
+            "theme": "light",
+            "tts": {"apiKey": "sk-1", "speed": 1.5, "extra": true},
+            "stt": {"enabled": true},
+            "gitCredentials": [{"name": "gh", "host": "github.com", "token": "t", "id": "c1", "x": 1}]
+        });
+        let (prefs, at) = effective(&with_user("alice", stored, 42), "alice").unwrap();
+        let mut tts = default_tts();
+        tts.insert("apiKey".into(), json!("sk-1"));
+        tts.insert("speed".into(), json!(1.5));
+        let mut stt = default_stt();
+        stt.insert("enabled".into(), json!(true));
+        let expected = json!({
+            "theme": "light",
+            "mode": "build",
+            "defaultModel": "anthropic/claude",
+            "autoScroll": true,
+            "expandDiffs": true,
+            "expandToolCalls": false,
+            "showReasoning": false,
+            "simpleChatMode": false,
+            "leaderKey": "Ctrl+O",
+            "directShortcuts": ["submit", "abort"],
+            "keyboardShortcuts": reference_defaults()["keyboardShortcuts"],
+            "customCommands": [],
+            "gitCredentials": [
+                {"id": "c1", "name": "gh", "host": "github.com", "type": "pat", "token": "t"}
+            ],
+            "gitIdentity": {"name": "OpenCode Agent", "email": ""},
+            "tts": tts,
+            "stt": stt,
+            "notifications": reference_defaults()["notifications"],
+            "lastKnownGoodConfig": "{}",
+            "repoOrder": [3, 1, 0, 2.5],
+            "repoSortMode": "recent",
+            "serverEnvVars": [],
+            "disabledDefaultServerEnvVars": []
+        });
+        assert_eq!(text(&Value::Object(prefs)), text(&expected));
+        assert_eq!(at, 42);
+    }
+
+    #[test]
+    fn stored_values_that_break_the_schema_are_errors_naming_user_and_key() {
+        let cases = [
+            (
+                json!({"theme": "neon"}),
+                r#"preferences.theme: Invalid option: expected one of "dark"|"light"|"system""#,
+            ),
+            (
+                json!({"tts": {"speed": 9}}),
+                "preferences.tts.speed: Too big: expected number to be <=4",
+            ),
+            (
+                json!({"gitCredentials": [{"name": "a", "host": "b", "type": "gpg"}]}),
+                r#"preferences.gitCredentials[0].type: Invalid option: expected one of "pat"|"ssh""#,
+            ),
+            (
+                json!({"gitCredentials": [{"host": "b"}]}),
+                "preferences.gitCredentials[0].name: Invalid input: expected string, received undefined",
+            ),
+            (
+                json!({"serverEnvVars": [{"key": "", "value": "v"}]}),
+                "preferences.serverEnvVars[0].key: Too small: expected string to have >=1 characters",
+            ),
+            (
+                json!({"keyboardShortcuts": {"a b": 1}}),
+                r#"preferences.keyboardShortcuts["a b"]: Invalid input: expected string, received number"#,
+            ),
+            (
+                json!({"notifications": {"enabled": true}}),
+                "preferences.notifications.events: Invalid input: expected object, received undefined",
+            ),
+            (
+                json!({"gitIdentity": null}),
+                "preferences.gitIdentity: Invalid input: expected object, received null",
+            ),
+            (
+                json!({"lastKnownGoodConfig": 5}),
+                "preferences.lastKnownGoodConfig: Invalid input: expected string, received number",
+            ),
+        ];
+        for (stored, reason) in cases {
+            let e = effective(&with_user("alice", stored.clone(), 1), "alice").unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("State file settings.json is invalid: user \"alice\": {reason}"),
+                "{stored}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_list_of_stored_problems_is_cut_short() {
+        let stored = json!({
+            "theme": 1, "mode": 1, "autoScroll": 1, "expandDiffs": 1,
+            "expandToolCalls": 1, "showReasoning": 1, "simpleChatMode": 1
+        });
+        let e = effective(&with_user("u", stored, 1), "u").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.ends_with("; and 2 more"), "{msg}");
+        assert_eq!(msg.matches("preferences.").count(), MAX_REASON_PROBLEMS);
+    }
+
+    // --- patch validation -------------------------------------------------------------------
+
+    fn full_patch() -> Value {
+        json!({
+            "theme": "system",
+            "mode": "plan",
+            "defaultModel": "",
+            "defaultAgent": "build",
+            "autoScroll": false,
+            "expandDiffs": false,
+            "expandToolCalls": true,
+            "showReasoning": true,
+            "simpleChatMode": true,
+            "leaderKey": "Ctrl+K",
+            "directShortcuts": ["submit"],
+            "keyboardShortcuts": {"submit": "Enter"},
+            "customCommands": [{"name": "n", "description": "d", "promptTemplate": "p"}],
+            "tts": {"enabled": true, "provider": "builtin", "autoPlay": true, "voice": "nova", "model": "tts-1-hd", "speed": 2.5},
+            "stt": {"enabled": true, "provider": "external", "model": "whisper-1", "language": "de-DE"},
+            "notifications": {"enabled": true, "events": {"permissionAsked": false, "questionAsked": false, "sessionError": false, "sessionIdle": true}},
+            "repoOrder": [5, 1, 2],
+            "repoSortMode": "manual"
+        })
+    }
+
+    #[test]
+    fn every_allowed_key_is_accepted_alone_and_together() {
+        let all = full_patch();
+        assert_eq!(accepted(all.clone()), all);
+        for (k, v) in all.as_object().unwrap() {
+            let one = json!({ k: v });
+            assert_eq!(accepted(one.clone()), one);
+        }
+        assert_eq!(accepted(json!({})), json!({}));
+        for theme in THEMES {
+            accepted(json!({ "theme": theme }));
+        }
+        for mode in REPO_SORT_MODES {
+            accepted(json!({ "repoSortMode": mode }));
+        }
+        accepted(json!({"tts": {}, "stt": {}, "keyboardShortcuts": {}, "repoOrder": []}));
+    }
+
+    #[test]
+    fn every_restricted_key_is_rejected() {
+        let top = [
+            ("gitCredentials", json!([])),
+            ("gitIdentity", json!({"name": "a", "email": "b"})),
+            ("lastKnownGoodConfig", json!("{}")),
+            ("defaultGitCredentialId", json!("c1")),
+            ("serverEnvVars", json!([])),
+            ("disabledDefaultServerEnvVars", json!([])),
+            ("customAgents", json!([])),
+            ("preferences", json!({})),
+        ];
+        for (key, value) in top {
+            assert_eq!(
+                rejected(json!({ key: value })),
+                unknown(json!([]), &[key]),
+                "{key}"
+            );
+        }
+        let tts = [
+            ("apiKey", json!("k")),
+            ("endpoint", json!("https://x")),
+            ("availableVoices", json!([])),
+            ("availableModels", json!([])),
+            ("lastVoicesFetch", json!(0)),
+            ("lastModelsFetch", json!(0)),
+        ];
+        for (key, value) in tts {
+            assert_eq!(
+                rejected(json!({"tts": { key: value }})),
+                unknown(json!(["tts"]), &[key]),
+                "tts.{key}"
+            );
+        }
+        let stt = [
+            ("apiKey", json!("k")),
+            ("endpoint", json!("https://x")),
+            ("availableModels", json!([])),
+            ("lastModelsFetch", json!(0)),
+            ("autoPlay", json!(true)),
+            ("voice", json!("v")),
+        ];
+        for (key, value) in stt {
+            assert_eq!(
+                rejected(json!({"stt": { key: value }})),
+                unknown(json!(["stt"]), &[key]),
+                "stt.{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_unknown_keys_are_one_plural_detail_after_the_field_problems() {
+        let d = rejected(
+            json!({"zeta": 1, "theme": "neon", "alpha": 2, "tts": {"apiKey": "k", "speed": 0}}),
+        );
+        assert_eq!(
+            d,
+            json!([
+                {"path": ["theme"], "code": "invalid_value",
+                 "message": "Invalid option: expected one of \"dark\"|\"light\"|\"system\""},
+                {"path": ["tts", "speed"], "code": "too_small",
+                 "message": "Too small: expected number to be >=0.25"},
+                {"path": ["tts"], "code": "unrecognized_keys",
+                 "message": "Unrecognized key: \"apiKey\"", "keys": ["apiKey"]},
+                {"path": [], "code": "unrecognized_keys",
+                 "message": "Unrecognized keys: \"zeta\", \"alpha\"", "keys": ["zeta", "alpha"]}
+            ])
+        );
+    }
+
+    #[test]
+    fn null_is_never_accepted() {
+        let expect = |key: &str| -> Value {
+            match key {
+                "theme" => issue(
+                    json!([key]),
+                    "invalid_value",
+                    r#"Invalid option: expected one of "dark"|"light"|"system""#,
+                ),
+                "mode" => issue(
+                    json!([key]),
+                    "invalid_value",
+                    r#"Invalid option: expected one of "plan"|"build""#,
+                ),
+                "repoSortMode" => issue(
+                    json!([key]),
+                    "invalid_value",
+                    r#"Invalid option: expected one of "recent"|"manual"|"name""#,
+                ),
+                "defaultModel" | "defaultAgent" | "leaderKey" => issue(
+                    json!([key]),
+                    "invalid_type",
+                    "Invalid input: expected string, received null",
+                ),
+                "directShortcuts" | "customCommands" | "repoOrder" => issue(
+                    json!([key]),
+                    "invalid_type",
+                    "Invalid input: expected array, received null",
+                ),
+                "keyboardShortcuts" => issue(
+                    json!([key]),
+                    "invalid_type",
+                    "Invalid input: expected record, received null",
+                ),
+                "tts" | "stt" | "notifications" => issue(
+                    json!([key]),
+                    "invalid_type",
+                    "Invalid input: expected object, received null",
+                ),
+                _ => issue(
+                    json!([key]),
+                    "invalid_type",
+                    "Invalid input: expected boolean, received null",
+                ),
+            }
+        };
+        for key in full_patch().as_object().unwrap().keys() {
+            assert_eq!(rejected(json!({ key: null })), expect(key), "{key}");
+        }
+        let nested = [
+            (
+                json!({"tts": {"voice": null}}),
+                json!(["tts", "voice"]),
+                "invalid_type",
+                "Invalid input: expected string, received null",
+            ),
+            (
+                json!({"tts": {"speed": null}}),
+                json!(["tts", "speed"]),
+                "invalid_type",
+                "Invalid input: expected number, received null",
+            ),
+            (
+                json!({"stt": {"provider": null}}),
+                json!(["stt", "provider"]),
+                "invalid_value",
+                r#"Invalid option: expected one of "external"|"builtin""#,
+            ),
+            (
+                json!({"directShortcuts": [null]}),
+                json!(["directShortcuts", 0]),
+                "invalid_type",
+                "Invalid input: expected string, received null",
+            ),
+            (
+                json!({"keyboardShortcuts": {"submit": null}}),
+                json!(["keyboardShortcuts", "submit"]),
+                "invalid_type",
+                "Invalid input: expected string, received null",
+            ),
+            (
+                json!({"repoOrder": [1, null]}),
+                json!(["repoOrder", 1]),
+                "invalid_type",
+                "Invalid input: expected number, received null",
+            ),
+        ];
+        for (body, path, code, message) in nested {
+            assert_eq!(rejected(body.clone()), issue(path, code, message), "{body}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_with_zod_messages() {
+        let cases = [
+            (
+                json!({"theme": "neon"}),
+                json!(["theme"]),
+                "invalid_value",
+                r#"Invalid option: expected one of "dark"|"light"|"system""#,
+            ),
+            (
+                json!({"theme": 1}),
+                json!(["theme"]),
+                "invalid_value",
+                r#"Invalid option: expected one of "dark"|"light"|"system""#,
+            ),
+            (
+                json!({"mode": "Build"}),
+                json!(["mode"]),
+                "invalid_value",
+                r#"Invalid option: expected one of "plan"|"build""#,
+            ),
+            (
+                json!({"autoScroll": "true"}),
+                json!(["autoScroll"]),
+                "invalid_type",
+                "Invalid input: expected boolean, received string",
+            ),
+            (
+                json!({"simpleChatMode": 0}),
+                json!(["simpleChatMode"]),
+                "invalid_type",
+                "Invalid input: expected boolean, received number",
+            ),
+            (
+                json!({"defaultModel": 5}),
+                json!(["defaultModel"]),
+                "invalid_type",
+                "Invalid input: expected string, received number",
+            ),
+            (
+                json!({"leaderKey": ["Ctrl"]}),
+                json!(["leaderKey"]),
+                "invalid_type",
+                "Invalid input: expected string, received array",
+            ),
+            (
+                json!({"directShortcuts": "submit"}),
+                json!(["directShortcuts"]),
+                "invalid_type",
+                "Invalid input: expected array, received string",
+            ),
+            (
+                json!({"directShortcuts": ["a", 1]}),
+                json!(["directShortcuts", 1]),
+                "invalid_type",
+                "Invalid input: expected string, received number",
+            ),
+            (
+                json!({"keyboardShortcuts": []}),
+                json!(["keyboardShortcuts"]),
+                "invalid_type",
+                "Invalid input: expected record, received array",
+            ),
+            (
+                json!({"keyboardShortcuts": {"submit": true}}),
+                json!(["keyboardShortcuts", "submit"]),
+                "invalid_type",
+                "Invalid input: expected string, received boolean",
+            ),
+            (
+                json!({"customCommands": {}}),
+                json!(["customCommands"]),
+                "invalid_type",
+                "Invalid input: expected array, received object",
+            ),
+            (
+                json!({"customCommands": ["x"]}),
+                json!(["customCommands", 0]),
+                "invalid_type",
+                "Invalid input: expected object, received string",
+            ),
+            (
+                json!({"customCommands": [{"name": "n", "description": "d"}]}),
+                json!(["customCommands", 0, "promptTemplate"]),
+                "invalid_type",
+                "Invalid input: expected string, received undefined",
+            ),
+            (
+                json!({"notifications": {"enabled": true}}),
+                json!(["notifications", "events"]),
+                "invalid_type",
+                "Invalid input: expected object, received undefined",
+            ),
+            (
+                json!({"notifications": {"events": {"permissionAsked": true, "questionAsked": true, "sessionError": true, "sessionIdle": true}}}),
+                json!(["notifications", "enabled"]),
+                "invalid_type",
+                "Invalid input: expected boolean, received undefined",
+            ),
+            (
+                json!({"notifications": {"enabled": true, "events": {"permissionAsked": true, "questionAsked": true, "sessionError": true}}}),
+                json!(["notifications", "events", "sessionIdle"]),
+                "invalid_type",
+                "Invalid input: expected boolean, received undefined",
+            ),
+            (
+                json!({"repoOrder": ["1"]}),
+                json!(["repoOrder", 0]),
+                "invalid_type",
+                "Invalid input: expected number, received string",
+            ),
+            (
+                json!({"repoSortMode": "date"}),
+                json!(["repoSortMode"]),
+                "invalid_value",
+                r#"Invalid option: expected one of "recent"|"manual"|"name""#,
+            ),
+            (
+                json!({"tts": []}),
+                json!(["tts"]),
+                "invalid_type",
+                "Invalid input: expected object, received array",
+            ),
+            (
+                json!({"tts": {"speed": "1"}}),
+                json!(["tts", "speed"]),
+                "invalid_type",
+                "Invalid input: expected number, received string",
+            ),
+            (
+                json!({"tts": {"provider": "openai"}}),
+                json!(["tts", "provider"]),
+                "invalid_value",
+                r#"Invalid option: expected one of "external"|"builtin""#,
+            ),
+            (
+                json!({"stt": {"enabled": "yes"}}),
+                json!(["stt", "enabled"]),
+                "invalid_type",
+                "Invalid input: expected boolean, received string",
+            ),
+            (
+                json!({"stt": {"language": 1}}),
+                json!(["stt", "language"]),
+                "invalid_type",
+                "Invalid input: expected string, received number",
+            ),
+        ];
+        for (body, path, code, message) in cases {
+            assert_eq!(rejected(body.clone()), issue(path, code, message), "{body}");
+        }
+    }
+
+    #[test]
+    fn body_must_be_an_object() {
+        for (body, got) in [
+            (json!([]), "array"),
+            (json!("x"), "string"),
+            (json!(null), "null"),
+            (json!(1), "number"),
+            (json!(true), "boolean"),
+        ] {
+            assert_eq!(
+                rejected(body),
+                issue(
+                    json!([]),
+                    "invalid_type",
+                    &format!("Invalid input: expected object, received {got}")
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn tts_speed_bounds_are_inclusive() {
+        for ok in [json!(0.25), json!(4.0), json!(4), json!(1)] {
+            accepted(json!({"tts": {"speed": ok}}));
+        }
+        assert_eq!(
+            rejected(json!({"tts": {"speed": 0.24}})),
+            issue(
+                json!(["tts", "speed"]),
+                "too_small",
+                "Too small: expected number to be >=0.25"
+            )
+        );
+        assert_eq!(
+            rejected(json!({"tts": {"speed": 4.01}})),
+            issue(
+                json!(["tts", "speed"]),
+                "too_big",
+                "Too big: expected number to be <=4"
+            )
+        );
+        assert_eq!(
+            rejected(json!({"tts": {"speed": -1}})),
+            issue(
+                json!(["tts", "speed"]),
+                "too_small",
+                "Too small: expected number to be >=0.25"
+            )
+        );
+    }
+
+    #[test]
+    fn numbers_come_back_as_javascript_prints_them() {
+        assert_eq!(
+            accepted(json!({"repoOrder": [1.0, 2.5, -0.0, 7], "tts": {"speed": 2.0}})),
+            json!({"repoOrder": [1, 2.5, 0, 7], "tts": {"speed": 2}})
+        );
+        assert_eq!(
+            text(&accepted(json!({"repoOrder": [1e300]}))),
+            r#"{"repoOrder":[1e+300]}"#
+        );
+    }
+
+    #[test]
+    fn extra_keys_inside_commands_and_notifications_are_stripped() {
+        let body = json!({
+            "customCommands": [{"name": "n", "description": "d", "promptTemplate": "p", "id": 3}],
+            "notifications": {"enabled": true, "sound": true,
+                "events": {"permissionAsked": true, "questionAsked": true, "sessionError": true, "sessionIdle": true, "x": 1}}
+        });
+        assert_eq!(
+            accepted(body),
+            json!({
+                "customCommands": [{"name": "n", "description": "d", "promptTemplate": "p"}],
+                "notifications": {"enabled": true,
+                    "events": {"permissionAsked": true, "questionAsked": true, "sessionError": true, "sessionIdle": true}}
+            })
+        );
+    }
+
+    #[test]
+    fn string_limits_count_utf16_units() {
+        let at = "😀".repeat(MAX_STRING_LEN / 2);
+        assert_eq!(utf16_len(&at), MAX_STRING_LEN);
+        let over = format!("{at}a");
+        let too_long = format!("Too big: expected string to have <={MAX_STRING_LEN} characters");
+        accepted(json!({"leaderKey": at}));
+        assert_eq!(
+            rejected(json!({"leaderKey": over})),
+            issue(json!(["leaderKey"]), "too_big", &too_long)
+        );
+        accepted(
+            json!({"customCommands": [{"name": "n", "description": "d", "promptTemplate": at}]}),
+        );
+        assert_eq!(
+            rejected(
+                json!({"customCommands": [{"name": "n", "description": "d", "promptTemplate": over}]})
+            ),
+            issue(
+                json!(["customCommands", 0, "promptTemplate"]),
+                "too_big",
+                &too_long
+            )
+        );
+        assert_eq!(
+            rejected(json!({"tts": {"voice": over}})),
+            issue(json!(["tts", "voice"]), "too_big", &too_long)
+        );
+        assert_eq!(
+            rejected(json!({"directShortcuts": ["a", over]})),
+            issue(json!(["directShortcuts", 1]), "too_big", &too_long)
+        );
+        accepted(json!({"keyboardShortcuts": { at.clone(): at }}));
+        assert_eq!(
+            rejected(json!({"keyboardShortcuts": { over.clone(): "x" }})),
+            issue(
+                json!(["keyboardShortcuts", over]),
+                "too_big",
+                &format!("Too big: expected key to have <={MAX_STRING_LEN} characters")
+            )
+        );
+    }
+
+    #[test]
+    fn array_and_map_limits() {
+        let items = |n: usize| vec![json!("a"); n];
+        accepted(json!({"directShortcuts": items(MAX_ARRAY_LEN)}));
+        let too_many = format!("Too big: expected array to have <={MAX_ARRAY_LEN} items");
+        assert_eq!(
+            rejected(json!({"directShortcuts": items(MAX_ARRAY_LEN + 1)})),
+            issue(json!(["directShortcuts"]), "too_big", &too_many)
+        );
+        assert_eq!(
+            rejected(json!({"repoOrder": vec![json!(null); MAX_ARRAY_LEN + 1]})),
+            issue(json!(["repoOrder"]), "too_big", &too_many)
+        );
+        let shortcuts = |n: usize| -> Map<String, Value> {
+            (0..n).map(|i| (format!("k{i}"), json!("X"))).collect()
+        };
+        accepted(json!({"keyboardShortcuts": shortcuts(MAX_KEYBOARD_SHORTCUTS)}));
+        assert_eq!(
+            rejected(json!({"keyboardShortcuts": shortcuts(MAX_KEYBOARD_SHORTCUTS + 1)})),
+            issue(
+                json!(["keyboardShortcuts"]),
+                "too_big",
+                &format!("Too big: expected object to have <={MAX_KEYBOARD_SHORTCUTS} keys")
+            )
+        );
+    }
+
+    #[test]
+    fn patch_schema_is_a_subset_of_the_stored_schema_in_the_same_order() {
+        fn keys(ty: &Ty) -> Vec<&'static str> {
+            match ty {
+                Ty::Obj(o) => o.fields.iter().map(|f| f.key).collect(),
+                _ => Vec::new(),
+            }
+        }
+        let patch = keys(&patch_schema());
+        let stored: Vec<_> = keys(&stored_schema())
+            .into_iter()
+            .filter(|k| patch.contains(k))
+            .collect();
+        assert_eq!(patch, stored);
+        assert_eq!(patch.len(), 18);
+    }
+
+    // --- applying patches -------------------------------------------------------------------
+
+    #[test]
+    fn values_replace_whole_keys() {
+        let patch = validate_patch(&json!({
+            "keyboardShortcuts": {"submit": "Enter"},
+            "directShortcuts": [],
+            "theme": "light"
+        }))
+        .unwrap();
+        let next = apply_patch(&defaults(), &patch).unwrap();
+        assert_eq!(
+            Value::Object(next),
+            defaults_with(json!({
+                "keyboardShortcuts": {"submit": "Enter"},
+                "directShortcuts": [],
+                "theme": "light"
+            }))
+        );
+    }
+
+    #[test]
+    fn tts_and_stt_need_a_stored_api_key() {
+        let patch = |b: Value| validate_patch(&b).unwrap();
+        assert!(matches!(
+            apply_patch(&defaults(), &patch(json!({"tts": {}}))),
+            Err(SettingsError::TtsNotConfigured)
+        ));
+        assert!(matches!(
+            apply_patch(&defaults(), &patch(json!({"stt": {"language": "de"}}))),
+            Err(SettingsError::SttNotConfigured)
+        ));
+        assert!(matches!(
+            apply_patch(&defaults(), &patch(json!({"stt": {}, "tts": {}}))),
+            Err(SettingsError::TtsNotConfigured)
+        ));
+        // Only STT configured: TTS still refused, STT merged.
+        let mut current = defaults();
+        current["stt"]["apiKey"] = json!("sk-stt");
+        assert!(matches!(
+            apply_patch(&current, &patch(json!({"stt": {}, "tts": {}}))),
+            Err(SettingsError::TtsNotConfigured)
+        ));
+        let next = apply_patch(&current, &patch(json!({"stt": {"language": "de-DE"}}))).unwrap();
+        assert_eq!(next["stt"]["language"], "de-DE");
+        assert_eq!(next["stt"]["apiKey"], "sk-stt");
+    }
+
+    #[test]
+    fn configured_tts_is_merged_one_level_keeping_secrets() {
+        let mut current = defaults();
+        current["tts"]["apiKey"] = json!("sk-1");
+        current["tts"]["endpoint"] = json!("https://tts.example");
+        current["tts"]["availableVoices"] = json!(["alloy", "nova"]);
+        let patch = validate_patch(&json!({"tts": {"voice": "nova", "speed": 1.25}})).unwrap();
+        let next = apply_patch(&current, &patch).unwrap();
+        assert_eq!(
+            text(&next["tts"]),
+            text(&json!({
+                "enabled": false,
+                "provider": "external",
+                "autoPlay": false,
+                "endpoint": "https://tts.example",
+                "apiKey": "sk-1",
+                "voice": "nova",
+                "model": "tts-1",
+                "speed": 1.25,
+                "availableVoices": ["alloy", "nova"],
+                "availableModels": [],
+                "lastVoicesFetch": 0,
+                "lastModelsFetch": 0
+            }))
+        );
+    }
+
+    #[test]
+    fn redaction_hides_non_empty_secrets_only() {
+        let mut prefs = defaults();
+        prefs["tts"]["apiKey"] = json!("sk-tts");
+        prefs.insert("lastKnownGoodConfig".into(), json!("{\"a\":1}"));
+        prefs.insert(
+            "gitCredentials".into(),
+            json!([
+                {"name": "gh", "host": "github.com", "type": "pat", "token": "ghp_x", "username": "me"},
+                {"name": "srv", "host": "git.example", "type": "ssh", "sshPrivateKey": "KEY",
+                 "sshPrivateKeyEncrypted": "ENC", "hasPassphrase": true, "passphrase": "", "token": ""}
+            ]),
+        );
+        redact(&mut prefs);
+        assert_eq!(prefs["tts"]["apiKey"], REDACTED);
+        assert_eq!(prefs["stt"]["apiKey"], "");
+        assert_eq!(prefs["lastKnownGoodConfig"], REDACTED);
+        assert_eq!(
+            prefs["gitCredentials"],
+            json!([
+                {"name": "gh", "host": "github.com", "type": "pat", "token": "[redacted]", "username": "me"},
+                {"name": "srv", "host": "git.example", "type": "ssh", "sshPrivateKey": "[redacted]",
+                 "sshPrivateKeyEncrypted": "[redacted]", "hasPassphrase": true, "passphrase": "", "token": ""}
+            ])
+        );
+        let mut plain = defaults();
+        redact(&mut plain);
+        assert_eq!(Value::Object(plain), reference_defaults());
+    }
+
+    // --- through the store ------------------------------------------------------------------
+
+    #[test]
+    fn get_of_a_user_with_nothing_stored_writes_nothing() {
+        let (dir, store) = temp_store("get-empty");
+        let got = get(&store, "default", false).unwrap();
+        assert_eq!(
+            text(&got),
+            text(&json!({"preferences": reference_defaults(), "updatedAt": 0}))
+        );
+        assert!(!dir.join(SETTINGS_FILE).exists());
+    }
+
+    #[test]
+    fn get_redacts_unless_secrets_are_exposed() {
+        let (dir, store) = temp_store("get-redact");
+        seed(
+            &dir,
+            json!({"users": {"default": {"preferences": {"tts": {"apiKey": "sk-1"}, "lastKnownGoodConfig": "cfg"}, "updatedAt": 5}}}),
+        );
+        let hidden = get(&store, "default", false).unwrap();
+        assert_eq!(hidden["preferences"]["tts"]["apiKey"], REDACTED);
+        assert_eq!(hidden["preferences"]["lastKnownGoodConfig"], REDACTED);
+        assert_eq!(hidden["updatedAt"], 5);
+        let shown = get(&store, "default", true).unwrap();
+        assert_eq!(shown["preferences"]["tts"]["apiKey"], "sk-1");
+        assert_eq!(shown["preferences"]["lastKnownGoodConfig"], "cfg");
+    }
+
+    #[test]
+    fn patch_on_alice_leaves_default_untouched() {
+        let (dir, store) = temp_store("patch-alice");
+        seed(
+            &dir,
+            json!({"users": {"default": {"preferences": {"theme": "light"}, "updatedAt": 7}}}),
+        );
+        let out = patch(
+            &store,
+            "alice",
+            &json!({"mode": "plan", "repoOrder": [2, 1]}),
+            1_000,
+            false,
+        )
+        .unwrap();
+        let alice = defaults_with(json!({"mode": "plan", "repoOrder": [2, 1]}));
+        assert_eq!(out, json!({"preferences": alice, "updatedAt": 1_000}));
+        let file = file_json(&dir);
+        assert_eq!(
+            file["users"]["default"],
+            json!({"preferences": {"theme": "light"}, "updatedAt": 7})
+        );
+        assert_eq!(
+            file["users"]["alice"],
+            json!({"preferences": alice, "updatedAt": 1_000})
+        );
+        let def = get(&store, "default", false).unwrap();
+        assert_eq!(
+            def,
+            json!({"preferences": defaults_with(json!({"theme": "light"})), "updatedAt": 7})
+        );
+        assert_eq!(get(&store, "alice", false).unwrap(), out);
+    }
+
+    #[test]
+    fn empty_patch_rewrites_the_row_normalised() {
+        let (dir, store) = temp_store("patch-empty");
+        seed(
+            &dir,
+            json!({"users": {"default": {"preferences": {"customAgents": [], "theme": "system"}, "updatedAt": 1}}}),
+        );
+        let out = patch(&store, "default", &json!({}), 2, false).unwrap();
+        let expected = defaults_with(json!({"theme": "system"}));
+        assert_eq!(out, json!({"preferences": expected, "updatedAt": 2}));
+        assert_eq!(file_json(&dir)["users"]["default"]["preferences"], expected);
+    }
+
+    #[test]
+    fn mixed_valid_and_invalid_patch_fails_whole_and_writes_nothing() {
+        let (dir, store) = temp_store("patch-mixed");
+        let before = seed(
+            &dir,
+            json!({"users": {"default": {"preferences": {"theme": "light"}, "updatedAt": 7}}}),
+        );
+        let e = patch(
+            &store,
+            "default",
+            &json!({"theme": "dark", "gitIdentity": {"name": "x", "email": "y"}}),
+            9,
+            false,
+        )
+        .unwrap_err();
+        let SettingsError::Validation(d) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            serde_json::to_value(d).unwrap(),
+            unknown(json!([]), &["gitIdentity"])
+        );
+        assert_eq!(fs::read(dir.join(SETTINGS_FILE)).unwrap(), before);
+        // Same with no file at all: none is created.
+        let (dir, store) = temp_store("patch-mixed-none");
+        assert!(patch(
+            &store,
+            "default",
+            &json!({"theme": "dark", "autoScroll": "no"}),
+            9,
+            false
+        )
+        .is_err());
+        assert!(!dir.join(SETTINGS_FILE).exists());
+    }
+
+    #[test]
+    fn tts_patch_through_the_store() {
+        let (dir, store) = temp_store("patch-tts");
+        let before = seed(
+            &dir,
+            json!({"users": {"default": {"preferences": {}, "updatedAt": 3}}}),
+        );
+        let e = patch(
+            &store,
+            "default",
+            &json!({"theme": "light", "tts": {"voice": "nova"}}),
+            9,
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, SettingsError::TtsNotConfigured), "{e:?}");
+        assert_eq!(fs::read(dir.join(SETTINGS_FILE)).unwrap(), before);
+
+        seed(
+            &dir,
+            json!({"users": {"default": {"preferences": {"tts": {"apiKey": "sk-1", "endpoint": "https://tts.example"}}, "updatedAt": 3}}}),
+        );
+        let out = patch(
+            &store,
+            "default",
+            &json!({"tts": {"voice": "nova", "enabled": true}}),
+            9,
+            false,
+        )
+        .unwrap();
+        let tts = &out["preferences"]["tts"];
+        assert_eq!(tts["apiKey"], REDACTED);
+        assert_eq!(tts["endpoint"], "https://tts.example");
+        assert_eq!(tts["voice"], "nova");
+        assert_eq!(tts["enabled"], true);
+        assert_eq!(tts["model"], "tts-1");
+        let stored = &file_json(&dir)["users"]["default"]["preferences"]["tts"];
+        assert_eq!(stored["apiKey"], "sk-1");
+        assert_eq!(stored["voice"], "nova");
+        let shown = patch(&store, "default", &json!({"tts": {"speed": 4}}), 10, true).unwrap();
+        assert_eq!(shown["preferences"]["tts"]["apiKey"], "sk-1");
+        assert_eq!(shown["preferences"]["tts"]["voice"], "nova");
+        assert_eq!(shown["updatedAt"], 10);
+    }
+
+    #[test]
+    fn corrupt_stored_value_is_an_error_and_never_written_over() {
+        let (dir, store) = temp_store("corrupt");
+        let before = seed(
+            &dir,
+            json!({"users": {"alice": {"preferences": {"theme": "neon", "tts": {"apiKey": "sk-keep"}}, "updatedAt": 5}}}),
+        );
+        let reason = r#"State file settings.json is invalid: user "alice": preferences.theme: Invalid option: expected one of "dark"|"light"|"system""#;
+        let e = get(&store, "alice", false).unwrap_err();
+        assert_eq!(e.to_string(), reason);
+        let e = patch(&store, "alice", &json!({"theme": "dark"}), 9, false).unwrap_err();
+        assert_eq!(e.to_string(), reason);
+        assert_eq!(fs::read(dir.join(SETTINGS_FILE)).unwrap(), before);
+        // Other users still work, and writing them keeps alice's entry as it was.
+        patch(&store, "bob", &json!({"mode": "plan"}), 9, false).unwrap();
+        assert_eq!(
+            file_json(&dir)["users"]["alice"],
+            json!({"preferences": {"theme": "neon", "tts": {"apiKey": "sk-keep"}}, "updatedAt": 5})
+        );
+    }
+
+    #[test]
+    fn the_file_itself_is_read_strictly_and_tolerantly() {
+        let (dir, store) = temp_store("file-shape");
+        fs::write(
+            dir.join(SETTINGS_FILE),
+            "// hand-written\n{\"users\": {\"default\": {\"preferences\": {\"theme\": \"light\",},},},}",
+        )
+        .unwrap();
+        let got = get(&store, "default", false).unwrap();
+        assert_eq!(got["preferences"]["theme"], "light");
+        assert_eq!(got["updatedAt"], 0);
+        for bad in [
+            r#"{"user": {}}"#,
+            r#"{"users": {"default": {"preferences": {}, "updatedAt": 1, "extra": 1}}}"#,
+            r#"{"users": {"default": {"preferences": []}}}"#,
+            r#"{"users": []}"#,
+        ] {
+            fs::write(dir.join(SETTINGS_FILE), bad).unwrap();
+            let e = get(&store, "default", false).unwrap_err();
+            assert!(
+                matches!(&e, SettingsError::Store(s) if matches!(s.kind, crate::store::StoreErrorKind::Invalid(_))),
+                "{bad}: {e:?}"
+            );
+            assert!(patch(&store, "default", &json!({}), 1, false).is_err());
+            assert_eq!(fs::read(dir.join(SETTINGS_FILE)).unwrap(), bad.as_bytes());
+        }
+    }
+
+    #[test]
+    fn errors_become_the_reference_responses() {
+        let e: ApiError = validate_patch(&json!({"x": 1})).unwrap_err().into();
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.body(),
+            json!({"error": "Invalid request body", "details": unknown(json!([]), &["x"])})
+        );
+        let e: ApiError = SettingsError::TtsNotConfigured.into();
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.body(),
+            json!({"error": "TTS is not configured. Set up TTS (including credentials) in the UI before adjusting it."})
+        );
+        let e: ApiError = SettingsError::SttNotConfigured.into();
+        assert_eq!(
+            e.body(),
+            json!({"error": "STT is not configured. Set up STT (including credentials) in the UI before adjusting it."})
+        );
+        let e: ApiError = SettingsError::Store(StoreError::invalid(SETTINGS_FILE, "bad")).into();
+        assert_eq!(e.status(), 500);
+        assert_eq!(
+            e.body(),
+            json!({"error": "State file settings.json is invalid: bad"})
+        );
+    }
+}
