@@ -164,3 +164,20 @@ impl From<crate::store::StoreError> for ApiError {
         }
     }
 }
+
+impl From<crate::settings::SettingsError> for ApiError {
+    fn from(e: crate::settings::SettingsError) -> Self {
+        use crate::settings::{
+            SettingsError, INVALID_BODY, STT_NOT_CONFIGURED, TTS_NOT_CONFIGURED,
+        };
+        match e {
+            SettingsError::Validation(details) => ApiError::Validation {
+                error: INVALID_BODY,
+                details,
+            },
+            SettingsError::TtsNotConfigured => ApiError::BadRequest(TTS_NOT_CONFIGURED.into()),
+            SettingsError::SttNotConfigured => ApiError::BadRequest(STT_NOT_CONFIGURED.into()),
+            SettingsError::Store(e) => e.into(),
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod opencode;
 pub mod ratelimit;
 pub mod repos;
 pub mod routes;
+pub mod settings;
 pub mod store;
 pub mod util;
 pub mod workspace;
