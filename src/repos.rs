@@ -217,7 +217,7 @@ pub fn order(mut repos: Vec<Repo>, repo_order: &[Value]) -> Vec<Repo> {
 /// The `repoOrder` of `user` as stored in settings.json, read leniently: repos keep working
 /// (in name order) when settings.json is broken; the settings routes report that file.
 pub fn repo_order_of(store: &Store, user: &str) -> Vec<Value> {
-    let file: Result<Value, _> = store.load::<Value>("settings.json");
+    let file: Result<Value, _> = store.load::<Value>(crate::settings::SETTINGS_FILE);
     file.ok()
         .and_then(|v| {
             v.pointer(&format!(

@@ -5,6 +5,8 @@
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
+use crate::settings;
+use crate::util::now_ms;
 use serde_json::json;
 
 /// The default user.
@@ -85,6 +87,25 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
             "GET" => ok(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})),
             _ => not_allowed("GET"),
         },
+        ["api", "internal", "settings"] => match m {
+            "GET" => ok(settings::get(
+                &app.store,
+                &user_id(req)?,
+                app.cfg.expose_secrets,
+            )?),
+            "PATCH" => {
+                let user = user_id(req)?;
+                let body = req.json()?;
+                ok(settings::patch(
+                    &app.store,
+                    &user,
+                    &body,
+                    now_ms(),
+                    app.cfg.expose_secrets,
+                )?)
+            }
+            _ => not_allowed("GET, PATCH"),
+        },
         ["api", "internal", "repos"] => match m {
             "GET" => ok(crate::repos::list(
                 &app.store,
@@ -104,7 +125,7 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
 /// `POST /api/internal/assistant/reload`: auth → 429 → upstream (contract §10).
 fn reload(app: &App, token: &str) -> Result<Response, ApiError> {
     app.reload_limiter
-        .try_acquire(token, crate::util::now_ms())
+        .try_acquire(token, now_ms())
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     app.opencode
         .dispose(&app.cfg.workspace)
