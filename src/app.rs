@@ -72,7 +72,13 @@ pub fn ensure_token_file(state_dir: &Path) -> io::Result<bool> {
     if p.exists() {
         auth::read_token_file(&p)?;
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&p, fs::Permissions::from_mode(SECRET_MODE))?;
+        let mode = fs::metadata(&p)?.permissions().mode() & 0o777;
+        if mode != SECRET_MODE {
+            // A read-only state dir keeps serving; say so rather than refuse to start.
+            if let Err(e) = fs::set_permissions(&p, fs::Permissions::from_mode(SECRET_MODE)) {
+                eprintln!("warning: cannot make {} mode 0600: {e}", p.display());
+            }
+        }
         return Ok(false);
     }
     store::write_atomic(&p, auth::generate_token().as_bytes(), SECRET_MODE)?;
@@ -165,7 +171,11 @@ impl App {
             &cfg.opencode_username,
             cfg.opencode_password.as_deref(),
         );
-        provision_workspace(&cfg, port, false)?;
+        // Like the reference, a workspace that cannot be written is logged, not fatal: the
+        // API still serves (e.g. a read-only state dir).
+        if let Err(e) = provision_workspace(&cfg, port, false) {
+            eprintln!("warning: {e}");
+        }
         let mut app = App {
             cfg,
             store,

@@ -322,3 +322,97 @@ fn hand_written_settings_with_comments_are_read() {
     assert_eq!(r.json()["preferences"]["theme"], "system");
     assert_eq!(r.json()["updatedAt"], 7);
 }
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// A state dir that cannot be written: a read-only tmpfs as root (root ignores mode bits),
+/// mode 0500 otherwise.
+struct ReadOnlyDir {
+    path: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnlyDir {
+    fn make(path: &std::path::Path, fill: impl FnOnce(&std::path::Path)) -> ReadOnlyDir {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = is_root()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+        fill(path);
+        if mounted {
+            let ok = std::process::Command::new("mount")
+                .args(["-o", "remount,ro"])
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "remount read-only failed");
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+        ReadOnlyDir {
+            path: path.to_path_buf(),
+            mounted,
+        }
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount")
+                .arg(&self.path)
+                .status();
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+}
+
+#[test]
+fn read_only_state_dir_reads_work_and_writes_are_500() {
+    let d = TempDir::new("set-ro");
+    let state = d.join("state");
+    let ro = ReadOnlyDir::make(&state, |p| {
+        let (code, _, err) = run_cli(&["init", "--state", p.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{err}");
+        std::fs::write(
+            p.join("settings.json"),
+            r#"{"users":{"default":{"preferences":{"theme":"light"},"updatedAt":3}}}"#,
+        )
+        .unwrap();
+    });
+    let s = TestServer::start(&ro.path, &[], &[]);
+    let r = s.call("GET", "/api/internal/settings", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["preferences"]["theme"], "light");
+    assert_eq!(s.call("GET", "/api/internal/repos", None).status, 200);
+    let r = s.call(
+        "PATCH",
+        "/api/internal/settings",
+        Some(r#"{"theme":"dark"}"#),
+    );
+    assert_eq!(r.status, 500);
+    let e = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        e.starts_with("State file settings.json could not be"),
+        "a clear message naming the file: {e}"
+    );
+    assert!(
+        e.contains("Read-only file system") || e.contains("Permission denied"),
+        "{e}"
+    );
+    let r = s.call("GET", "/api/internal/settings", None);
+    assert_eq!(r.json()["preferences"]["theme"], "light");
+}
