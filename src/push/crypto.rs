@@ -44,6 +44,10 @@ pub const PAD_BLOCK: usize = 128;
 pub const POINT_LEN: usize = 65;
 /// Length of a Web Push authentication secret.
 pub const AUTH_LEN: usize = 16;
+/// Length of a P-256 private scalar (and of an ECDH shared secret).
+pub const SCALAR_LEN: usize = 32;
+/// RFC 8291 §3.4 key-info prefix.
+const WEBPUSH_INFO: &[u8] = b"WebPush: info\0";
 const SALT_LEN: usize = 16;
 const KEY_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
@@ -66,9 +70,9 @@ pub fn init() {
 /// Imports an uncompressed SEC1 point, checking that it lies on P-256.
 pub fn import_point(raw: &[u8]) -> Result<PublicKey, PushError> {
     if raw.len() != POINT_LEN || raw[0] != 0x04 {
-        return Err(PushError::InvalidKey(
-            "p256dh must be a 65-byte uncompressed P-256 point".into(),
-        ));
+        return Err(PushError::InvalidKey(format!(
+            "p256dh must be a {POINT_LEN}-byte uncompressed P-256 point"
+        )));
     }
     PublicKey::from_sec1_bytes(raw)
         .map_err(|_| PushError::InvalidKey("p256dh is not a point on the P-256 curve".into()))
@@ -85,14 +89,14 @@ pub fn point_bytes(key: &PublicKey) -> [u8; POINT_LEN] {
 pub fn random_secret_key() -> SecretKey {
     loop {
         // A 32-byte string is a valid scalar unless it is 0 or ≥ n (probability ~2^-32).
-        let bytes: [u8; 32] = crate::util::random_bytes();
+        let bytes: [u8; SCALAR_LEN] = crate::util::random_bytes();
         if let Ok(k) = SecretKey::from_bytes(&bytes.into()) {
             return k;
         }
     }
 }
 
-fn ecdh(secret: &SecretKey, public: &PublicKey) -> [u8; 32] {
+fn ecdh(secret: &SecretKey, public: &PublicKey) -> [u8; SCALAR_LEN] {
     let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), public.as_affine());
     (*shared.raw_secret_bytes()).into()
 }
@@ -175,8 +179,8 @@ fn encrypt_with(
 
     // RFC 8291 §3.3/§3.4: IKM = HKDF(auth, ecdh, "WebPush: info\0" || ua_public || as_public).
     let shared = ecdh(ephemeral, &ua_public);
-    let mut key_info = Vec::with_capacity(14 + 2 * POINT_LEN);
-    key_info.extend_from_slice(b"WebPush: info\0");
+    let mut key_info = Vec::with_capacity(WEBPUSH_INFO.len() + 2 * POINT_LEN);
+    key_info.extend_from_slice(WEBPUSH_INFO);
     key_info.extend_from_slice(p256dh);
     key_info.extend_from_slice(&as_public);
     let mut ikm = [0u8; IKM_LEN];
@@ -261,7 +265,7 @@ impl Cryptographer for P256Cryptographer {
     }
 
     fn import_key_pair(&self, components: &EcKeyComponents) -> ece::Result<Box<dyn LocalKeyPair>> {
-        if components.private_key().len() != 32 {
+        if components.private_key().len() != SCALAR_LEN {
             return Err(ece::Error::InvalidKeyLength);
         }
         let secret =

@@ -186,4 +186,69 @@ mod tests {
         }
         assert_eq!(b64url(&bytes), "-_-_AQ");
     }
+
+    #[test]
+    fn errors_map_to_the_contracts_responses() {
+        use crate::error::ApiError;
+        use serde_json::json;
+        let d = || vec![Detail::new(crate::path!["title"], "too_big", "x")];
+        let cases: Vec<(ApiError, u16, serde_json::Value)> = vec![
+            (
+                PushError::Validation(d()).into(),
+                400,
+                json!({"error": "Invalid request body", "details": [{"path": ["title"], "code": "too_big", "message": "x"}]}),
+            ),
+            (
+                PushError::NotConfigured.into(),
+                503,
+                json!({"error": "Push notifications are not configured (missing VAPID env)"}),
+            ),
+            (
+                DeviceError::InvalidSubscription(d()).into(),
+                400,
+                json!({"error": "Invalid subscription data", "details": [{"path": ["title"], "code": "too_big", "message": "x"}]}),
+            ),
+            (
+                DeviceError::InvalidEndpoint(vec![]).into(),
+                400,
+                json!({"error": "Valid endpoint URL is required", "details": []}),
+            ),
+            (
+                DeviceError::InvalidId.into(),
+                400,
+                json!({"error": "Invalid subscription ID"}),
+            ),
+            (
+                DeviceError::NoSubscriptions.into(),
+                404,
+                json!({"error": "No push subscriptions registered"}),
+            ),
+            (
+                DeviceError::NotConfigured.into(),
+                503,
+                json!({"error": "Push notifications are not configured"}),
+            ),
+            (
+                DeviceError::TooManySubscriptions { limit: 100 }.into(),
+                400,
+                json!({"error": "Too many push subscriptions for this user (limit 100); remove one first"}),
+            ),
+            (
+                PushError::Store(StoreError::invalid("subscriptions.json", "bad")).into(),
+                500,
+                json!({"error": "State file subscriptions.json is invalid: bad"}),
+            ),
+        ];
+        for (e, status, body) in cases {
+            assert_eq!((e.status(), e.body()), (status, body));
+        }
+        let e: ApiError = PushError::PayloadTooLarge {
+            size: 3994,
+            max: 3993,
+        }
+        .into();
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.body()["error"], "Invalid request body");
+        assert_eq!(e.body()["details"][0]["code"], "too_big");
+    }
 }

@@ -58,6 +58,8 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_RESPONSE_BODY: u64 = 64 * 1024;
 /// Characters of a response body kept in a failure reason.
 pub const REASON_SNIPPET_CHARS: usize = 200;
+/// Characters of a `Retry-After` value kept (seconds or an HTTP date fit easily).
+pub const RETRY_AFTER_CHARS: usize = 64;
 /// Most pushes in flight at once for one fan-out (threads per call).
 pub const MAX_PARALLEL_SENDS: usize = 16;
 
@@ -344,10 +346,17 @@ pub fn build_push_request(
 ) -> Result<PushRequest, PushError> {
     let p256dh: [u8; crypto::POINT_LEN] = decode_b64_lenient(&sub.p256dh)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PushError::InvalidKey("stored p256dh is not a 65-byte key".into()))?;
+        .ok_or_else(|| {
+            PushError::InvalidKey(format!(
+                "stored p256dh is not a {}-byte key",
+                crypto::POINT_LEN
+            ))
+        })?;
     let auth: [u8; crypto::AUTH_LEN] = decode_b64_lenient(&sub.auth)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PushError::InvalidKey("stored auth is not 16 bytes".into()))?;
+        .ok_or_else(|| {
+            PushError::InvalidKey(format!("stored auth is not {} bytes", crypto::AUTH_LEN))
+        })?;
     let aud = audience(&sub.endpoint)
         .ok_or_else(|| PushError::InvalidKey("stored endpoint is not an http(s) URL".into()))?;
     let body = crypto::encrypt_single_record(&p256dh, &auth, payload)?;
@@ -417,7 +426,7 @@ pub fn classify_push_response(
         500..=599 => "push service error",
         _ => "unexpected status",
     };
-    let retry_after = header(headers, "retry-after").map(|v| snippet(v, 64));
+    let retry_after = header(headers, "retry-after").map(|v| snippet(v, RETRY_AFTER_CHARS));
     let mut reason = format!("HTTP {status}: {what}");
     if let Some(r) = &retry_after {
         reason.push_str(&format!("; Retry-After: {r}"));

@@ -21,6 +21,7 @@
 //! Signed tokens are cached per origin and re-signed when less than [`TOKEN_RENEW_BEFORE_SECS`]
 //! of their life is left; the cache holds at most [`MAX_CACHED_ORIGINS`] origins.
 
+use super::crypto::SCALAR_LEN;
 use super::{b64url, decode_b64_lenient};
 use crate::store::{Store, StoreError};
 use p256::ecdsa::signature::Signer;
@@ -316,10 +317,13 @@ impl VapidKeys {
                 source,
                 reason: "not base64url or base64".into(),
             })?;
-        if private_bytes.len() != 32 {
+        if private_bytes.len() != SCALAR_LEN {
             return Err(VapidError::InvalidPrivateKey {
                 source,
-                reason: format!("decodes to {} bytes, expected 32", private_bytes.len()),
+                reason: format!(
+                    "decodes to {} bytes, expected {SCALAR_LEN}",
+                    private_bytes.len()
+                ),
             });
         }
         let signing =
