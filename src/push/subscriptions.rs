@@ -528,6 +528,7 @@ pub(crate) mod tests {
             "https://web.push.apple.com/QGx2",
             "https://wns2-par02p.notify.windows.com/w/?token=BQYAAA%3d%3d",
             "https://push.example.com:8443/x",
+            "HTTPS://Push.Example.com:443/x",
             "https://8.8.8.8/push",
             "https://[2606:4700::1111]/push",
         ] {
