@@ -4,6 +4,7 @@
 use crate::auth::{self, TokenStore};
 use crate::cli::Config;
 use crate::opencode;
+use crate::push::{self, PushClient, VapidKeys};
 use crate::ratelimit::{RateLimiter, RELOAD_RATE, SEND_RATE};
 use crate::repos::RepoPaths;
 use crate::store::{self, Store};
@@ -35,6 +36,9 @@ pub struct App {
     pub reload_limiter: RateLimiter,
     pub opencode: opencode::Client,
     pub repo_paths: RepoPaths,
+    /// `None` when no VAPID keys exist: sends answer 503.
+    pub vapid: Option<VapidKeys>,
+    pub push_client: PushClient,
 }
 
 fn ms_of(t: io::Result<SystemTime>) -> Option<i64> {
@@ -62,6 +66,18 @@ pub fn init_state(cfg: &Config) -> io::Result<Vec<String>> {
     }
     if cfg.fixed_token.is_none() && ensure_token_file(&cfg.state_dir)? {
         made.push(TOKEN_FILE.to_string());
+    }
+    // VAPID keys, unless the environment provides them or a file exists already.
+    let store = Store::new(&cfg.state_dir);
+    let vapid_file = store.path(push::vapid::VAPID_FILE);
+    if cfg.vapid_public.is_none() && cfg.vapid_private.is_none() && !vapid_file.exists() {
+        let subject = cfg
+            .vapid_subject
+            .as_deref()
+            .unwrap_or(push::vapid::INIT_DEFAULT_SUBJECT);
+        let keys = VapidKeys::generate(subject).map_err(io::Error::other)?;
+        keys.save(&store)?;
+        made.push(push::vapid::VAPID_FILE.to_string());
     }
     Ok(made)
 }
@@ -166,6 +182,23 @@ impl App {
             assistant_cloned_at: 0,
             assistant_accessed_at: started,
         };
+        let vapid = push::vapid::load(
+            cfg.vapid_public.as_deref(),
+            cfg.vapid_private.as_deref(),
+            cfg.vapid_subject.as_deref(),
+            &store,
+        )
+        .map_err(|e| format!("VAPID: {e}"))?;
+        match &vapid {
+            None => eprintln!("push: no VAPID keys (env or vapid.json); sends answer 503"),
+            Some(k) if k.subject_is_placeholder() => eprintln!(
+                "push: VAPID subject is the placeholder {}; set VAPID_SUBJECT or edit vapid.json \
+                 so push services can reach you",
+                k.subject
+            ),
+            Some(_) => {}
+        }
+        push::crypto::init();
         let opencode = opencode::Client::new(
             &cfg.opencode_url,
             &cfg.opencode_username,
@@ -184,6 +217,8 @@ impl App {
             reload_limiter: RateLimiter::new(RELOAD_RATE),
             opencode,
             repo_paths,
+            vapid,
+            push_client: PushClient::new(),
         };
         app.repo_paths.assistant_cloned_at = fs::metadata(&app.cfg.workspace)
             .ok()

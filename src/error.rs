@@ -181,3 +181,60 @@ impl From<crate::settings::SettingsError> for ApiError {
         }
     }
 }
+
+impl From<crate::push::PushError> for ApiError {
+    fn from(e: crate::push::PushError) -> Self {
+        use crate::push::PushError;
+        match e {
+            PushError::Validation(details) => ApiError::Validation {
+                error: "Invalid request body",
+                details,
+            },
+            PushError::PayloadTooLarge { size, max } => ApiError::Validation {
+                error: "Invalid request body",
+                details: vec![Detail::new(
+                    Vec::new(),
+                    "too_big",
+                    format!(
+                        "Notification payload is {size} bytes; at most {max} bytes fit one Web Push message"
+                    ),
+                )],
+            },
+            PushError::NotConfigured => ApiError::Unavailable(
+                "Push notifications are not configured (missing VAPID env)".into(),
+            ),
+            PushError::Store(e) => e.into(),
+            e @ (PushError::InvalidKey(_) | PushError::Crypto(_)) => ApiError::Internal {
+                public: "Push encryption failed".into(),
+                log: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<crate::push::DeviceError> for ApiError {
+    fn from(e: crate::push::DeviceError) -> Self {
+        use crate::push::DeviceError;
+        match e {
+            DeviceError::InvalidSubscription(details) => ApiError::Validation {
+                error: "Invalid subscription data",
+                details,
+            },
+            DeviceError::InvalidEndpoint(details) => ApiError::Validation {
+                error: "Valid endpoint URL is required",
+                details,
+            },
+            DeviceError::TooManySubscriptions { limit } => ApiError::BadRequest(format!(
+                "Too many push subscriptions for this user (limit {limit}); remove one first"
+            )),
+            DeviceError::InvalidId => ApiError::BadRequest("Invalid subscription ID".into()),
+            DeviceError::NoSubscriptions => {
+                ApiError::NotFound("No push subscriptions registered".into())
+            }
+            DeviceError::NotConfigured => {
+                ApiError::Unavailable("Push notifications are not configured".into())
+            }
+            DeviceError::Store(e) => e.into(),
+        }
+    }
+}

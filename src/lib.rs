@@ -12,6 +12,7 @@ pub mod cli;
 pub mod error;
 pub mod http;
 pub mod opencode;
+pub mod push;
 pub mod ratelimit;
 pub mod repos;
 pub mod routes;

@@ -44,7 +44,15 @@ fn run(cmd: Command, cfg: Config) -> Result<ExitCode, String> {
             "{}",
             app::rotate_token(&cfg).map_err(|e| format!("token rotate: {e}"))?
         ),
-        Command::VapidGenerate => return Err("vapid generate: not built yet".into()),
+        Command::VapidGenerate => {
+            let subject = cfg
+                .vapid_subject
+                .as_deref()
+                .unwrap_or(assistantd::push::vapid::INIT_DEFAULT_SUBJECT);
+            let keys = assistantd::push::VapidKeys::generate(subject)
+                .map_err(|e| format!("vapid generate: {e}"))?;
+            print!("{}", keys.env_lines());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
+use crate::push::{self, subscriptions};
 use crate::settings;
 use crate::util::now_ms;
 use serde_json::json;
@@ -106,6 +107,57 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
             }
             _ => not_allowed("GET, PATCH"),
         },
+        ["api", "internal", "notifications", "send"] => match m {
+            "POST" => send_notification(app, req, token.as_deref().unwrap_or_default()),
+            _ => not_allowed("POST"),
+        },
+        ["api", "notifications", "vapid-public-key"] => match m {
+            "GET" => ok(json!({ "publicKey": vapid_for_devices(app)?.public_b64 })),
+            _ => not_allowed("GET"),
+        },
+        ["api", "notifications", "subscribe"] => match m {
+            "POST" => {
+                let user = user_id(req)?;
+                let body = req.json()?;
+                let sub = subscriptions::subscribe(
+                    &app.store,
+                    &user,
+                    &body,
+                    app.cfg.allow_private_push,
+                    now_ms(),
+                )?;
+                ok(json!({ "subscription": sub }))
+            }
+            "DELETE" => {
+                let user = user_id(req)?;
+                let endpoint = subscriptions::validate_unsubscribe_body(&req.json()?)?;
+                ok(json!({ "success": subscriptions::unsubscribe(&app.store, &user, &endpoint)? }))
+            }
+            _ => not_allowed("POST, DELETE"),
+        },
+        ["api", "notifications", "subscriptions"] => match m {
+            "GET" => {
+                ok(json!({ "subscriptions": subscriptions::list(&app.store, &user_id(req)?)? }))
+            }
+            _ => not_allowed("GET"),
+        },
+        ["api", "notifications", "subscriptions", id] => match m {
+            "DELETE" => {
+                let user = user_id(req)?;
+                let id = subscriptions::parse_subscription_id(id)?;
+                ok(json!({ "success": subscriptions::delete_by_id(&app.store, &user, id)? }))
+            }
+            _ => not_allowed("DELETE"),
+        },
+        ["api", "notifications", "test"] => match m {
+            "POST" => {
+                let vapid = vapid_for_devices(app)?;
+                let user = user_id(req)?;
+                let report = push::send_test(&app.store, &app.push_client, vapid, &user)?;
+                ok(serde_json::to_value(&report).unwrap_or_default())
+            }
+            _ => not_allowed("POST"),
+        },
         ["api", "internal", "repos"] => match m {
             "GET" => ok(crate::repos::list(
                 &app.store,
@@ -120,6 +172,25 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
         },
         _ => Err(ApiError::not_found()),
     }
+}
+
+/// `POST /api/internal/notifications/send`: auth → 503 → validation (free) → 429 → delivery.
+fn send_notification(app: &App, req: &Request, token: &str) -> Result<Response, ApiError> {
+    let vapid = app.vapid.as_ref().ok_or(push::PushError::NotConfigured)?;
+    let user = user_id(req)?;
+    let notification = push::validate_send_body(&req.json()?, now_ms())?;
+    app.send_limiter
+        .try_acquire(token, now_ms())
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    let report = push::deliver(&app.store, &app.push_client, vapid, &user, &notification)?;
+    ok(serde_json::to_value(&report).unwrap_or_default())
+}
+
+/// The devices API's VAPID keys (its 503 text differs from the send route's).
+fn vapid_for_devices(app: &App) -> Result<&push::VapidKeys, ApiError> {
+    app.vapid
+        .as_ref()
+        .ok_or_else(|| push::DeviceError::NotConfigured.into())
 }
 
 /// `POST /api/internal/assistant/reload`: auth → 429 → upstream (contract §10).

@@ -1,7 +1,10 @@
 //! One integration binary (see Cargo.toml `autotests = false`): every module starts the real
-//! `assistantd` binary on port 0 against a temp state dir and talks HTTP to it.
+//! `assistantd` binary on port 0 against a temp state dir and talks HTTP to it, or drives a
+//! real peer (a push receiver, the OpenCode server).
 
 mod util;
 
 mod api_core;
+mod api_push;
 mod api_settings;
+mod push_interop;
