@@ -7,7 +7,7 @@ use crate::opencode;
 use crate::push::{self, PushClient, VapidKeys};
 use crate::ratelimit::{RateLimiter, RELOAD_RATE, SEND_RATE};
 use crate::repos::RepoPaths;
-use crate::store::{self, Store};
+use crate::store::{self, Store, ViewCache};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -39,6 +39,8 @@ pub struct App {
     /// `None` when no VAPID keys exist: sends answer 503.
     pub vapid: Option<VapidKeys>,
     pub push_client: PushClient,
+    /// Serialised GET views, valid while their files are unchanged.
+    pub views: ViewCache,
 }
 
 fn ms_of(t: io::Result<SystemTime>) -> Option<i64> {
@@ -219,6 +221,7 @@ impl App {
             repo_paths,
             vapid,
             push_client: PushClient::new(),
+            views: ViewCache::default(),
         };
         app.repo_paths.assistant_cloned_at = fs::metadata(&app.cfg.workspace)
             .ok()

@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::push::{self, subscriptions};
+use crate::repos;
 use crate::settings;
 use crate::util::now_ms;
 use serde_json::json;
@@ -68,6 +69,10 @@ pub fn is_valid_user_id(u: &str) -> bool {
 
 fn not_allowed(allow: &'static str) -> Result<Response, ApiError> {
     Err(ApiError::MethodNotAllowed { allow })
+}
+
+fn to_bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 fn ok(value: serde_json::Value) -> Result<Response, ApiError> {
@@ -159,11 +164,16 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
             _ => not_allowed("POST"),
         },
         ["api", "internal", "repos"] => match m {
-            "GET" => ok(crate::repos::list(
-                &app.store,
-                &app.repo_paths,
-                &user_id(req)?,
-            )?),
+            "GET" => {
+                let user = user_id(req)?;
+                let view = app.views.get_or_build(
+                    &app.store,
+                    &format!("repos/{user}"),
+                    &[repos::REPOS_FILE, settings::SETTINGS_FILE],
+                    || repos::list(&app.store, &app.repo_paths, &user).map(|v| to_bytes(&v)),
+                )?;
+                Ok(Response::json_bytes(200, view.to_vec()))
+            }
             _ => not_allowed("GET"),
         },
         ["api", "internal", "assistant", "reload"] => match m {

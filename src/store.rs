@@ -14,12 +14,14 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Mode of state files we create (they may hold secrets such as API keys).
 pub const STATE_FILE_MODE: u32 = 0o600;
@@ -201,6 +203,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Identity of a file's current version: device, inode, mtime (ns) and size. Every write is a
+    /// rename of a fresh temp file, so a new version always has a new inode and mtime.
+    pub fn stamp(&self, file: &str) -> Option<FileStamp> {
+        let m = fs::metadata(self.path(file)).ok()?;
+        Some(FileStamp(
+            m.dev(),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.size(),
+        ))
+    }
+
     /// Removes temp files left by writers that died (their pid no longer runs).
     pub fn clean_temp_files(&self) -> usize {
         let Ok(entries) = fs::read_dir(&self.dir) else {
@@ -218,6 +233,50 @@ impl Store {
             }
         }
         removed
+    }
+}
+
+/// See [`Store::stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp(u64, u64, i64, i64, u64);
+
+/// Most views kept by a [`ViewCache`]; when full it starts over.
+pub const MAX_CACHED_VIEWS: usize = 1024;
+
+/// Serialised responses derived from state files, kept while those files are unchanged: a GET
+/// costs a `stat` per file instead of read + parse + validate + serialise. Errors are never
+/// cached, so a broken file is reported on every request.
+#[derive(Debug, Default)]
+pub struct ViewCache {
+    map: Mutex<HashMap<String, (Vec<Option<FileStamp>>, Arc<Vec<u8>>)>>,
+}
+
+impl ViewCache {
+    /// The view `key` built from `files`: cached bytes when every file's stamp is unchanged,
+    /// else `build()` (stamps are taken first, so a write during `build` only costs a rebuild).
+    pub fn get_or_build<E>(
+        &self,
+        store: &Store,
+        key: &str,
+        files: &[&str],
+        build: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Arc<Vec<u8>>, E> {
+        let stamps: Vec<Option<FileStamp>> = files.iter().map(|f| store.stamp(f)).collect();
+        {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((st, bytes)) = map.get(key) {
+                if *st == stamps && stamps.iter().all(Option::is_some) {
+                    return Ok(bytes.clone());
+                }
+            }
+        }
+        let bytes = Arc::new(build()?);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_CACHED_VIEWS {
+            map.clear();
+        }
+        map.insert(key.to_string(), (stamps, bytes.clone()));
+        Ok(bytes)
     }
 }
 
