@@ -3,5 +3,6 @@
 
 pub mod error;
 pub mod opencode;
+pub mod schedules;
 pub mod store;
 pub mod util;
