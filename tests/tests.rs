@@ -1,1 +1,1 @@
-
+mod schedules_opencode;
