@@ -25,7 +25,7 @@ use crate::opencode::{OpencodeError, MESSAGE_TAIL};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,13 @@ pub const NO_MODELS: &str = "No configured OpenCode models are available";
 pub const SESSION_CREATE_FAILED: &str = "Failed to create OpenCode session";
 pub const PROMPT_FAILED: &str = "Failed to run scheduled prompt";
 pub const CANCEL_FAILED: &str = "Failed to cancel schedule run";
+pub const SESSION_GONE: &str = "The OpenCode session of this run no longer exists.";
+/// Longest `responseText` stored (bytes; a longer answer is cut and marked). The reference
+/// keeps everything; here 100 runs × 500 jobs must stay a readable file.
+pub const MAX_RESPONSE_TEXT: usize = 64 * 1024;
+/// Longest `errorText` stored (bytes).
+pub const MAX_ERROR_TEXT: usize = 4 * 1024;
+const CLIPPED: &str = "\n[… truncated]";
 /// How long `shutdown` waits for the scheduler thread (it may be inside one OpenCode call).
 pub const SHUTDOWN_JOIN: Duration = Duration::from_secs(12);
 /// Event-stream reconnect back-off bounds.
@@ -153,6 +160,22 @@ impl EventHub {
                 w.get(session).is_some_and(|x| x.generation == seen)
             })
             .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Sleeps `timeout`, cut short by shutdown (which pokes every waiter).
+    fn sleep(&self, timeout: Duration, stop: &AtomicBool) {
+        let deadline = Instant::now() + timeout;
+        let mut guard = lock(&self.watched);
+        while !stop.load(Ordering::SeqCst) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            guard = self
+                .cv
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Waits until some session is watched, or `timeout`.
@@ -371,6 +394,20 @@ pub fn build_prompt(prompt: &str, meta: Option<&SkillMetadata>, skills: Option<&
     out
 }
 
+/// `text` cut to at most `max` bytes (on a char boundary), marked when cut.
+pub fn clip(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(CLIPPED.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(CLIPPED);
+    text
+}
+
 /// Removes `<think>…</think>` blocks (an unclosed one runs to the end).
 fn strip_think(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -542,6 +579,11 @@ impl Schedules {
     /// alone: `Ok(None)`), stamps the job's `lastRunAt`, prunes old runs, and clears the
     /// in-memory state of the run either way.
     fn finish(&self, run_id: i64, job_id: i64, end: Finish) -> Result<Option<Run>, ScheduleError> {
+        let end = Finish {
+            status: end.status,
+            response: end.response.map(|t| clip(t, MAX_RESPONSE_TEXT)),
+            error: end.error.map(|t| clip(t, MAX_ERROR_TEXT)),
+        };
         let now = self.now();
         let probe = self.load()?.runs.into_iter().find(|r| r.id == run_id);
         // Built outside the lock (it reads the job); the run fields it uses do not change
@@ -794,7 +836,7 @@ impl Schedules {
         }
         if let Err(e) = oc.prompt_async(dir, session, &body) {
             log(format!("run {run_id}: prompt_async failed: {e}"));
-            let text = upstream_message(&e).unwrap_or_else(|| PROMPT_FAILED.into());
+            let text = upstream_message(&e).unwrap_or_else(|| format!("{PROMPT_FAILED}: {e}"));
             let _ = self.finish(run_id, job_id, Finish::failed(text));
             return;
         }
@@ -876,6 +918,11 @@ impl Schedules {
                             let _ = self.finish(run_id, job_id, Finish::failed(text));
                             return;
                         }
+                    }
+                    Err(e @ OpencodeError::Status { status: 404, .. }) => {
+                        let text = upstream_message(&e).unwrap_or_else(|| SESSION_GONE.into());
+                        let _ = self.finish(run_id, job_id, Finish::failed(text));
+                        return;
                     }
                     Err(e) => {
                         let since = *down_since.get_or_insert_with(Instant::now);
@@ -1079,6 +1126,9 @@ impl Schedules {
         if let Err(e) = self.remove_orphans() {
             log(format!("orphan cleanup skipped: {e}"));
         }
+        if let Err(e) = self.plan_unplanned() {
+            log(format!("could not plan jobs without nextRunAt: {e}"));
+        }
         let f = match self.load() {
             Ok(f) => f,
             Err(e) => {
@@ -1095,6 +1145,30 @@ impl Schedules {
             }
             self.recover_run(run.clone());
         }
+    }
+
+    /// Enabled jobs without a `nextRunAt` (hand-written state) get one from now, the way an
+    /// update would; disabled jobs lose a stale one.
+    fn plan_unplanned(&self) -> Result<(), ScheduleError> {
+        let now = self.now();
+        let needs = |j: &super::model::Job| j.enabled == j.next_run_at.is_none();
+        if !self.load()?.jobs.iter().any(needs) {
+            return Ok(());
+        }
+        self.inner.store.update(FILE, |f: &mut ScheduleFile| {
+            for job in f.jobs.iter_mut().filter(|j| needs(j)) {
+                let spec = ScheduleSpec::of_job(job);
+                job.next_run_at = match super::model::plan_schedule(&spec, job.enabled, now) {
+                    Ok(next) => next,
+                    Err(d) => {
+                        let why = d.first().map_or("", |d| d.message.as_str());
+                        log(format!("job {} cannot be scheduled: {why}", job.id));
+                        None
+                    }
+                };
+            }
+            Ok(())
+        })
     }
 
     fn remove_orphans(&self) -> Result<(), ScheduleError> {
@@ -1201,12 +1275,7 @@ impl Schedules {
                         log(format!("event stream unavailable (polling only): {e}"));
                         logged = true;
                     }
-                    // Shutdown-aware sleep: shutdown pokes every waiter.
-                    let deadline = Instant::now() + backoff;
-                    while !self.stopping() && Instant::now() < deadline {
-                        hub.wait_for_watch(deadline - Instant::now());
-                        std::thread::sleep(MIN_SLEEP);
-                    }
+                    hub.sleep(backoff, &self.inner.shutdown);
                     backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
                 }
             }
@@ -1223,6 +1292,7 @@ pub struct SchedulerHandle {
 /// Recovers runs left `running`, then runs the scheduler thread and the event reader.
 /// Keep the handle for the life of the server; [`SchedulerHandle::shutdown`] (or dropping
 /// it) stops them and leaves running runs to the next start's recovery.
+#[must_use = "dropping the handle stops the scheduler"]
 pub fn start(svc: &Schedules) -> SchedulerHandle {
     let me = svc.clone();
     let scheduler = std::thread::Builder::new()
@@ -1288,6 +1358,55 @@ mod tests {
 
     const T0: i64 = 1_800_000_000_000;
     const MIN: i64 = 60_000;
+
+    #[test]
+    fn long_texts_are_clipped_on_char_boundaries() {
+        assert_eq!(clip("short".into(), 100), "short");
+        let c = clip("é".repeat(100), 50);
+        assert!(c.len() <= 50 && c.ends_with("[… truncated]"), "{c}");
+    }
+
+    #[test]
+    fn overdue_job_runs_once_at_start() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = service("overdue", clock.clone());
+        let id = create(
+            &s,
+            json!({"name": "i", "prompt": "p", "scheduleMode": "interval", "intervalMinutes": 5}),
+        );
+        // A hand-written enabled job without nextRunAt gets one at start.
+        let id2 = create(
+            &s,
+            json!({"name": "j", "prompt": "p", "scheduleMode": "cron", "cronExpression": "@daily"}),
+        );
+        s.inner
+            .store
+            .update(FILE, |f: &mut ScheduleFile| {
+                f.jobs.iter_mut().find(|j| j.id == id2).unwrap().next_run_at = None;
+                Ok::<_, ScheduleError>(())
+            })
+            .unwrap();
+        // The server was down for 52 minutes: ten slots missed.
+        clock.set(T0 + 57 * MIN);
+        let handle = start(&s);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs_of(&s, id)
+            .first()
+            .is_none_or(|r| r.status == RunStatus::Running)
+        {
+            assert!(Instant::now() < deadline, "the overdue job did not run");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        handle.shutdown();
+        assert_eq!(runs_of(&s, id).len(), 1);
+        assert_eq!(job_next(&s, id), Some(T0 + 60 * MIN));
+        assert_eq!(
+            iso(job_next(&s, id2).unwrap()),
+            iso((T0 / (1440 * MIN) + 1) * 1440 * MIN)
+        );
+        assert!(runs_of(&s, id2).is_empty());
+    }
 
     #[test]
     fn iso_like_javascript() {
