@@ -625,11 +625,14 @@ impl Schedules {
         });
         let session = probe.and_then(|r| r.session_id);
         self.release(job_id, run_id, session.as_deref());
-        if let Ok(Some(run)) = &result {
-            log(format!(
+        match &result {
+            Ok(Some(run)) => log(format!(
                 "run {run_id} of job {job_id} {}",
                 run.status.as_str()
-            ));
+            )),
+            Ok(None) => {}
+            // The run stays `running` on disk; the next start's recovery settles it.
+            Err(e) => log(format!("run {run_id} could not be finished: {e}")),
         }
         result
     }
@@ -1269,6 +1272,8 @@ impl Schedules {
                             Ok(None) | Err(_) => break,
                         }
                     }
+                    // A server that keeps closing the stream must not be hammered.
+                    hub.sleep(EVENTS_BACKOFF_MIN, &self.inner.shutdown);
                 }
                 Err(e) => {
                     if !logged {
