@@ -6,11 +6,13 @@ use crate::cli::Config;
 use crate::opencode;
 use crate::push::{self, PushClient, VapidKeys};
 use crate::ratelimit::{RateLimiter, RELOAD_RATE, SEND_RATE};
-use crate::repos::RepoPaths;
+use crate::repos::{RepoPaths, ScheduleRepos};
+use crate::schedules::{Schedules, SchedulesDeps, SystemClock};
 use crate::store::{self, Store, ViewCache};
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Name of the token file in the state dir.
@@ -41,6 +43,7 @@ pub struct App {
     pub push_client: PushClient,
     /// Serialised GET views, valid while their files are unchanged.
     pub views: ViewCache,
+    pub schedules: Schedules,
 }
 
 fn ms_of(t: io::Result<SystemTime>) -> Option<i64> {
@@ -206,6 +209,16 @@ impl App {
             &cfg.opencode_username,
             cfg.opencode_password.as_deref(),
         );
+        let schedules = Schedules::new(SchedulesDeps {
+            store: Arc::new(Store::new(&cfg.state_dir)),
+            opencode: opencode.clone(),
+            repos: Arc::new(ScheduleRepos {
+                store: Store::new(&cfg.state_dir),
+                paths: repo_paths.clone(),
+            }),
+            workspace: cfg.workspace.clone(),
+            clock: Arc::new(SystemClock),
+        });
         // Like the reference, a workspace that cannot be written is logged, not fatal: the
         // API still serves (e.g. a read-only state dir).
         if let Err(e) = provision_workspace(&cfg, port, false) {
@@ -222,6 +235,7 @@ impl App {
             vapid,
             push_client: PushClient::new(),
             views: ViewCache::default(),
+            schedules,
         };
         app.repo_paths.assistant_cloned_at = fs::metadata(&app.cfg.workspace)
             .ok()

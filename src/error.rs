@@ -238,3 +238,17 @@ impl From<crate::push::DeviceError> for ApiError {
         }
     }
 }
+
+impl From<crate::schedules::ScheduleError> for ApiError {
+    fn from(e: crate::schedules::ScheduleError) -> Self {
+        use crate::schedules::ScheduleError as S;
+        match e {
+            S::BadRequest(msg) => ApiError::BadRequest(msg),
+            S::Validation { error, details } => ApiError::Validation { error, details },
+            S::NotFound(msg) => ApiError::NotFound(msg.into()),
+            S::Conflict(msg) => ApiError::Conflict(msg),
+            S::BadGateway { error, detail } => ApiError::BadGateway { error, detail },
+            S::Store(e) => e.into(),
+        }
+    }
+}

@@ -93,6 +93,14 @@ impl Request {
             .collect()
     }
 
+    /// The body's bytes (empty when there is none or it was too large).
+    pub fn body_bytes(&self) -> &[u8] {
+        match &self.body {
+            Body::Bytes(b) => b,
+            Body::Empty | Body::TooLarge => &[],
+        }
+    }
+
     /// The body parsed as JSON: 413 when too large, 400 `Invalid JSON` when not JSON.
     pub fn json(&self) -> Result<Value, ApiError> {
         match &self.body {

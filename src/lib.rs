@@ -16,6 +16,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod repos;
 pub mod routes;
+pub mod schedules;
 pub mod settings;
 pub mod store;
 pub mod util;

@@ -67,13 +67,17 @@ fn serve(cfg: Config) -> Result<ExitCode, String> {
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let workers = cfg.workers;
     let app = std::sync::Arc::new(App::open(cfg, addr.port())?);
+    let scheduler = assistantd::schedules::start(&app.schedules);
     let server =
         assistantd::http::Server::start(app, listener, workers).map_err(|e| e.to_string())?;
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
     let sig = signals.forever().next();
     eprintln!("signal {} received, stopping", sig.unwrap_or(0));
-    if server.shutdown() {
+    let drained = server.shutdown();
+    // Runs still in flight stay `running` in schedules.json; the next start recovers them.
+    scheduler.shutdown();
+    if drained {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("requests still running after the grace period; exiting anyway");

@@ -243,6 +243,26 @@ pub fn list(store: &Store, paths: &RepoPaths, user: &str) -> Result<Value, Store
     Ok(serde_json::json!({ "repos": items }))
 }
 
+/// The schedules domain's view of repos (ids other than 0).
+pub struct ScheduleRepos {
+    pub store: Store,
+    pub paths: RepoPaths,
+}
+
+impl crate::schedules::RepoLookup for ScheduleRepos {
+    fn repo(&self, id: i64) -> Result<Option<crate::schedules::RepoInfo>, StoreError> {
+        Ok(
+            find(&self.store, &self.paths, id)?.map(|r| crate::schedules::RepoInfo {
+                id: r.id,
+                name: r.display_name(),
+                local_path: r.local_path.clone(),
+                repo_url: r.repo_url.clone().unwrap_or_default(),
+                dir: r.full_path(&self.paths),
+            }),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::push::{self, subscriptions};
 use crate::repos;
+use crate::schedules;
 use crate::settings;
 use crate::util::now_ms;
 use serde_json::json;
@@ -163,6 +164,17 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
             }
             _ => not_allowed("POST"),
         },
+        ["api", "internal", "schedules", "all"] => match m {
+            "GET" => ok(app.schedules.all_jobs()?),
+            _ => not_allowed("GET"),
+        },
+        ["api", "internal", "schedules", "all", "runs"] => match m {
+            "GET" => ok(app.schedules.all_runs(&req.query_pairs())?),
+            _ => not_allowed("GET"),
+        },
+        ["api", "internal", "repos", repo, "schedules", rest @ ..] => {
+            schedule_route(app, req, repo, rest)
+        }
         ["api", "internal", "repos"] => match m {
             "GET" => {
                 let user = user_id(req)?;
@@ -178,6 +190,56 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
         },
         ["api", "internal", "assistant", "reload"] => match m {
             "POST" => reload(app, token.as_deref().unwrap_or_default()),
+            _ => not_allowed("POST"),
+        },
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// `/api/internal/repos/:id/schedules…` (contract §12).
+fn schedule_route(
+    app: &App,
+    req: &Request,
+    repo: &str,
+    rest: &[&str],
+) -> Result<Response, ApiError> {
+    let svc = &app.schedules;
+    let m = req.method.as_str();
+    let repo_id = || schedules::parse_id("repo id", Some(repo));
+    let job = |s: &str| schedules::parse_id("schedule id", Some(s));
+    let run = |s: &str| schedules::parse_id("run id", Some(s));
+    let body = || schedules::parse_body(req.body_bytes());
+    match rest {
+        [] => match m {
+            "GET" => ok(svc.list_jobs(repo_id()?)?),
+            "POST" => {
+                let (status, v) = svc.create_job(repo_id()?, &body()?)?;
+                Ok(Response::json(status, &v))
+            }
+            _ => not_allowed("GET, POST"),
+        },
+        [j] => match m {
+            "GET" => ok(svc.get_job(repo_id()?, job(j)?)?),
+            "PATCH" => ok(svc.update_job(repo_id()?, job(j)?, &body()?)?),
+            "DELETE" => ok(svc.delete_job(repo_id()?, job(j)?)?),
+            _ => not_allowed("GET, PATCH, DELETE"),
+        },
+        [j, "run"] => match m {
+            "POST" => ok(svc.run_job(repo_id()?, job(j)?)?),
+            _ => not_allowed("POST"),
+        },
+        [j, "runs"] => match m {
+            "GET" => ok(svc.list_runs(repo_id()?, job(j)?, req.query_param("limit").as_deref())?),
+            "DELETE" => ok(svc.clear_runs(repo_id()?, job(j)?)?),
+            _ => not_allowed("GET, DELETE"),
+        },
+        [j, "runs", r] => match m {
+            "GET" => ok(svc.get_run(repo_id()?, job(j)?, run(r)?)?),
+            "DELETE" => ok(svc.delete_run(repo_id()?, job(j)?, run(r)?)?),
+            _ => not_allowed("GET, DELETE"),
+        },
+        [j, "runs", r, "cancel"] => match m {
+            "POST" => ok(svc.cancel_run(repo_id()?, job(j)?, run(r)?)?),
             _ => not_allowed("POST"),
         },
         _ => Err(ApiError::not_found()),

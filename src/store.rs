@@ -243,12 +243,15 @@ pub struct FileStamp(u64, u64, i64, i64, u64);
 /// Most views kept by a [`ViewCache`]; when full it starts over.
 pub const MAX_CACHED_VIEWS: usize = 1024;
 
+/// The stamps a view was built from, and its bytes.
+type CachedView = (Vec<Option<FileStamp>>, Arc<Vec<u8>>);
+
 /// Serialised responses derived from state files, kept while those files are unchanged: a GET
 /// costs a `stat` per file instead of read + parse + validate + serialise. Errors are never
 /// cached, so a broken file is reported on every request.
 #[derive(Debug, Default)]
 pub struct ViewCache {
-    map: Mutex<HashMap<String, (Vec<Option<FileStamp>>, Arc<Vec<u8>>)>>,
+    map: Mutex<HashMap<String, CachedView>>,
 }
 
 impl ViewCache {

@@ -7,4 +7,6 @@ mod util;
 mod api_core;
 mod api_push;
 mod api_settings;
+mod opencode_e2e;
 mod push_interop;
+mod schedules_opencode;
