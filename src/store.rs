@@ -191,11 +191,16 @@ impl Store {
         E: From<StoreError>,
     {
         let _guard = self.lock_exclusive(file)?;
-        let mut value: T = Self::decode(file, self.read_bytes(file)?)?;
+        let current = self.read_bytes(file)?;
+        let mut value: T = Self::decode(file, current.clone())?;
         let out = f(&mut value)?;
         let mut bytes = serde_json::to_vec_pretty(&value)
             .map_err(|e| StoreError::invalid(file, e.to_string()))?;
         bytes.push(b'\n');
+        if current.as_deref() == Some(&bytes[..]) {
+            // Nothing changed: no write, no fsync, no new file version.
+            return Ok(out);
+        }
         write_atomic(&self.path(file), &bytes, STATE_FILE_MODE).map_err(|e| StoreError {
             file: file.to_string(),
             kind: StoreErrorKind::Write(e),

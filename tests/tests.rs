@@ -7,6 +7,7 @@ mod util;
 mod api_core;
 mod api_push;
 mod api_settings;
+mod durability;
 mod opencode_e2e;
 mod push_interop;
 mod schedules_opencode;

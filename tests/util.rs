@@ -78,6 +78,9 @@ impl TestServer {
         envs: &[(&str, &str)],
     ) -> Result<TestServer, String> {
         let log = state.with_extension(format!("log{}", std::process::id()));
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,6 +160,18 @@ impl TestServer {
         )
     }
 
+    /// [`TestServer::call`] that returns `None` when the server is gone.
+    pub fn try_call(&self, method: &str, path: &str, body: Option<&str>) -> Option<Resp> {
+        let auth = format!("Bearer {}", self.token());
+        try_http(
+            method,
+            &self.url(path),
+            &[("Authorization", &auth)],
+            body.map(str::as_bytes),
+        )
+        .ok()
+    }
+
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         let _ = Command::new("kill")
@@ -207,11 +222,21 @@ impl Resp {
 /// A plain HTTP/1.1 request on a fresh connection (`Connection: close`), so tests see exactly
 /// the bytes the server sends.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    try_http(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`http`] that reports connection failures instead of panicking (a server being killed).
+pub fn try_http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
     let rest = url.strip_prefix("http://").unwrap();
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let mut s = TcpStream::connect(hostport).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut s = TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -227,10 +252,15 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
     if let Some(b) = body {
         bytes.extend_from_slice(b);
     }
-    s.write_all(&bytes).unwrap();
+    s.write_all(&bytes)?;
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    parse_response(&raw)
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(std::io::Error::other(
+            "connection closed before a full answer",
+        ));
+    }
+    Ok(parse_response(&raw))
 }
 
 pub fn parse_response(raw: &[u8]) -> Resp {
