@@ -21,6 +21,15 @@ run: build
 test:
 	$(CARGO) test --all-targets -- --test-threads=4
 
+# Structure-aware random fuzzing of every body parser and state-file reader (FUZZ_SECS).
+FUZZ_SECS ?= 120
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --release --test integration fuzz -- --nocapture
+
+# See a notification arrive, decrypted, without a browser (needs tests/requirements.txt).
+demo: build
+	bash scripts/demo.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

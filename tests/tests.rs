@@ -8,6 +8,7 @@ mod api_core;
 mod api_push;
 mod api_settings;
 mod durability;
+mod fuzz;
 mod opencode_e2e;
 mod push_interop;
 mod schedules_opencode;
