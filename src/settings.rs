@@ -92,7 +92,7 @@ const CREDENTIAL_SECRETS: &[&str] = &[
 ];
 
 /// The whole of `settings.json`.
-#[derive(Debug, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsFile {
     #[serde(default)]
@@ -100,7 +100,7 @@ pub struct SettingsFile {
 }
 
 /// One user's stored preferences (possibly partial) and the time of the last write (ms).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserEntry {
     #[serde(default)]

@@ -14,6 +14,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -21,7 +22,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Mode of state files we create (they may hold secrets such as API keys).
 pub const STATE_FILE_MODE: u32 = 0o600;
@@ -87,9 +88,55 @@ impl std::error::Error for StoreError {
 }
 
 /// The state dir. Cheap to share (`Arc<Store>` in the app).
-#[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// Group-commit state per file (see [`Store::update`]).
+    slots: Mutex<HashMap<String, SharedSlot>>,
+}
+
+/// A file's slot and the condition its waiters sleep on.
+type SharedSlot = Arc<(Mutex<Slot>, Condvar)>;
+
+/// Failed write ranges remembered for waiters (a waiter looks its generation up once woken).
+const MAX_REMEMBERED_FAILURES: usize = 64;
+
+/// One file's group-commit state in this process. Generations count successful in-memory
+/// changes; `committed` is the newest generation whose fate (written or failed) is known.
+#[derive(Default)]
+struct Slot {
+    session: Option<Session>,
+    opening: bool,
+    writing: bool,
+    generation: u64,
+    committed: u64,
+    failures: Vec<(u64, u64, io::ErrorKind, String)>,
+}
+
+/// The exclusive flock plus the decoded current value, held while changes are pending.
+struct Session {
+    _guard: LockGuard,
+    value: Box<dyn Any + Send>,
+    encode: fn(&(dyn Any + Send)) -> Vec<u8>,
+    /// The bytes the file holds now (`None`: missing), to skip writes that change nothing.
+    on_disk: Option<Vec<u8>>,
+}
+
+/// Pretty JSON plus a newline, the format every state file is written in.
+fn encode_any<T: Serialize + 'static>(v: &(dyn Any + Send)) -> Vec<u8> {
+    let mut bytes = v
+        .downcast_ref::<T>()
+        .and_then(|t| serde_json::to_vec_pretty(t).ok())
+        .unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Holds a `flock`; released on drop (closing the file releases it).
@@ -97,7 +144,10 @@ struct LockGuard(#[allow(dead_code)] File); // kept only for its Drop
 
 impl Store {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            slots: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -178,34 +228,166 @@ impl Store {
         Self::decode(file, bytes)
     }
 
-    /// Read-modify-write under the exclusive lock. `f` sees the current contents (default when
-    /// missing); when it returns `Ok`, the new value is written durably before the lock is
-    /// released. When it returns `Err`, or the file is bad, nothing is written.
+    /// Read-modify-write under the exclusive lock, with group commit. `f` sees the current
+    /// contents (default when missing) and runs on a copy: when it returns `Err`, nothing of
+    /// it is kept. When it returns `Ok`, this call returns only after a write that includes
+    /// the change is durable (or reports that write's failure). Concurrent updates of the same
+    /// file in this process share one lock session, one write and one pair of fsyncs: while one
+    /// caller writes, the others apply their changes in memory and the next write carries them
+    /// all. A bad file is reported to every caller and never written.
     pub fn update<T, R, E>(
         &self,
         file: &str,
         f: impl FnOnce(&mut T) -> Result<R, E>,
     ) -> Result<R, E>
     where
-        T: Serialize + DeserializeOwned + Default,
+        T: Serialize + DeserializeOwned + Default + Clone + Send + 'static,
         E: From<StoreError>,
     {
-        let _guard = self.lock_exclusive(file)?;
-        let current = self.read_bytes(file)?;
-        let mut value: T = Self::decode(file, current.clone())?;
-        let out = f(&mut value)?;
-        let mut bytes = serde_json::to_vec_pretty(&value)
-            .map_err(|e| StoreError::invalid(file, e.to_string()))?;
-        bytes.push(b'\n');
-        if current.as_deref() == Some(&bytes[..]) {
-            // Nothing changed: no write, no fsync, no new file version.
-            return Ok(out);
+        let slot = self.slot(file);
+        let (lock, cv) = &*slot;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // 1. Join the open session, or open one (flock + read + decode).
+        loop {
+            if st.session.is_some() {
+                break;
+            }
+            if !st.opening {
+                st.opening = true;
+                drop(st);
+                let opened = self.open_session::<T>(file);
+                st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                st.opening = false;
+                cv.notify_all();
+                match opened {
+                    Ok(session) => {
+                        st.session = Some(session);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        write_atomic(&self.path(file), &bytes, STATE_FILE_MODE).map_err(|e| StoreError {
-            file: file.to_string(),
-            kind: StoreErrorKind::Write(e),
-        })?;
-        Ok(out)
+        // 2. Apply `f` to a copy of the session's value.
+        let session = st.session.as_mut().expect("a session is open");
+        if session.value.downcast_ref::<T>().is_none() {
+            // Another type was used for this file in this session: go through its bytes.
+            let bytes = (session.encode)(session.value.as_ref());
+            let decoded: T = Self::decode(file, Some(bytes))?;
+            session.value = Box::new(decoded);
+            session.encode = encode_any::<T>;
+        }
+        let current = session.value.downcast_ref::<T>().expect("checked above");
+        let mut work = current.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut work)));
+        let out = match result {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                self.finish_if_idle(&mut st, cv);
+                return Err(e);
+            }
+            Err(panic) => {
+                // Never leave the flock held by an idle session.
+                self.finish_if_idle(&mut st, cv);
+                drop(st);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        session.value = Box::new(work);
+        st.generation += 1;
+        let mine = st.generation;
+        // 3. Write (if nobody is writing) or wait for the write that carries generation `mine`.
+        if !st.writing {
+            st.writing = true;
+            while st.committed < st.generation {
+                let target = st.generation;
+                let session = st
+                    .session
+                    .as_ref()
+                    .expect("a session is open while writing");
+                let bytes = (session.encode)(session.value.as_ref());
+                let unchanged = session.on_disk.as_deref() == Some(&bytes[..]);
+                drop(st);
+                let written = if unchanged {
+                    Ok(())
+                } else {
+                    write_atomic(&self.path(file), &bytes, STATE_FILE_MODE)
+                };
+                st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                match written {
+                    Ok(()) => {
+                        st.committed = target;
+                        if let Some(s) = st.session.as_mut() {
+                            s.on_disk = Some(bytes);
+                        }
+                    }
+                    Err(e) => {
+                        // Everything not yet durable is lost with the session: report it to
+                        // every waiter of those generations and re-read the file next time.
+                        let from = st.committed + 1;
+                        let to = st.generation;
+                        st.failures.push((from, to, e.kind(), e.to_string()));
+                        if st.failures.len() > MAX_REMEMBERED_FAILURES {
+                            st.failures.remove(0);
+                        }
+                        st.committed = to;
+                        st.session = None;
+                    }
+                }
+                cv.notify_all();
+            }
+            st.writing = false;
+            // Release the flock: other processes get their turn, and the next session re-reads.
+            st.session = None;
+            cv.notify_all();
+        } else {
+            while st.committed < mine {
+                st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        match st
+            .failures
+            .iter()
+            .find(|(from, to, _, _)| (*from..=*to).contains(&mine))
+        {
+            Some((_, _, kind, msg)) => Err(StoreError {
+                file: file.to_string(),
+                kind: StoreErrorKind::Write(io::Error::new(*kind, msg.clone())),
+            }
+            .into()),
+            None => Ok(out),
+        }
+    }
+
+    /// The per-file group-commit slot of this process.
+    fn slot(&self, file: &str) -> SharedSlot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(file.to_string()).or_default().clone()
+    }
+
+    /// Takes the flock and reads the current version.
+    fn open_session<T>(&self, file: &str) -> Result<Session, StoreError>
+    where
+        T: Serialize + DeserializeOwned + Default + Send + 'static,
+    {
+        let guard = self.lock_exclusive(file)?;
+        let on_disk = self.read_bytes(file)?;
+        let value: T = Self::decode(file, on_disk.clone())?;
+        Ok(Session {
+            _guard: guard,
+            value: Box::new(value),
+            encode: encode_any::<T>,
+            on_disk,
+        })
+    }
+
+    /// Ends a session nobody writes in (a caller's `f` failed and no change is pending).
+    fn finish_if_idle(&self, st: &mut Slot, cv: &Condvar) {
+        if !st.writing && st.committed == st.generation {
+            st.session = None;
+            cv.notify_all();
+        }
     }
 
     /// Identity of a file's current version: device, inode, mtime (ns) and size. Every write is a
@@ -337,7 +519,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
     struct Doc {
         n: u32,
     }
@@ -429,6 +611,86 @@ mod tests {
         fs::write(d.join("keep.json"), b"{}").unwrap();
         assert_eq!(Store::new(&d).clean_temp_files(), 1);
         assert!(d.join("keep.json").exists());
+    }
+
+    #[test]
+    fn group_commit_shares_writes_and_a_failed_change_is_dropped() {
+        let d = temp_dir("group");
+        let s = std::sync::Arc::new(Store::new(&d));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for n in 0..50 {
+                        let r = s.update("doc.json", |d: &mut Doc| {
+                            d.n += 1;
+                            if (i + n) % 7 == 0 {
+                                // A change that fails leaves nothing behind.
+                                d.n += 1000;
+                                return Err(StoreError::invalid("doc.json", "refused"));
+                            }
+                            Ok(())
+                        });
+                        assert_eq!(r.is_err(), (i + n) % 7 == 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let refused = (0..8)
+            .flat_map(|i| (0..50).map(move |n| (i + n) % 7 == 0))
+            .filter(|x| *x)
+            .count();
+        assert_eq!(
+            s.load::<Doc>("doc.json").unwrap().n as usize,
+            8 * 50 - refused
+        );
+        // The session is closed: another handle (as another process would) can write at once.
+        Store::new(&d)
+            .update("doc.json", |d: &mut Doc| {
+                d.n = 1;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(s.load::<Doc>("doc.json").unwrap().n, 1);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_the_file_reread() {
+        let d = temp_dir("wfail");
+        let s = Store::new(&d);
+        s.update("doc.json", |d: &mut Doc| {
+            d.n = 7;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        // A directory where the temp file would go makes the write fail.
+        let blocker = d.join(format!(
+            ".doc.json{TEMP_MARKER}{}.{}",
+            std::process::id(),
+            1
+        ));
+        fs::create_dir_all(&blocker).unwrap();
+        let mut failures = 0;
+        for _ in 0..3 {
+            let r = s.update("doc.json", |d: &mut Doc| {
+                d.n += 1;
+                Ok::<_, StoreError>(())
+            });
+            if let Err(e) = r {
+                assert!(matches!(e.kind, StoreErrorKind::Write(_)), "{e}");
+                failures += 1;
+            }
+        }
+        fs::remove_dir_all(&blocker).unwrap();
+        let n = s.load::<Doc>("doc.json").unwrap().n;
+        assert_eq!(
+            n as usize,
+            7 + 3 - failures,
+            "failed changes are not on disk"
+        );
     }
 
     #[test]

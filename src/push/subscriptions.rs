@@ -61,7 +61,7 @@ pub struct Subscription {
 }
 
 /// The whole file.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SubscriptionsFile {
     #[serde(default)]
     pub subscriptions: Vec<Subscription>,
