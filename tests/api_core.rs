@@ -444,3 +444,46 @@ fn cli_help_version_and_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown command"), "{err}");
 }
+
+#[test]
+fn an_edited_skill_is_kept_across_restart_and_rewritten_by_init_force() {
+    let d = TempDir::new("skills-edit");
+    let state = d.join("state");
+    let skill = state.join("repos/assistant/.opencode/skills/notifications/SKILL.md");
+    let s = TestServer::start(&state, &[], &[]);
+    let generated = std::fs::read_to_string(&skill).unwrap();
+    assert!(generated.contains(&format!("http://localhost:{}/api/internal", s.port)));
+    drop(s);
+    // An unedited skill follows the port of the next start.
+    let s = TestServer::start(&state, &[], &[]);
+    let regenerated = std::fs::read_to_string(&skill).unwrap();
+    assert!(regenerated.contains(&format!("http://localhost:{}/api/internal", s.port)));
+    drop(s);
+    let edited = format!("{regenerated}\n## My own notes\nPing me only for failures.\n");
+    std::fs::write(&skill, &edited).unwrap();
+    let s = TestServer::start(&state, &[], &[]);
+    assert_eq!(
+        std::fs::read_to_string(&skill).unwrap(),
+        edited,
+        "an edited skill is kept"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .log_text()
+            .contains("notifications/SKILL.md")),
+        "{}",
+        s.log_text()
+    );
+    drop(s);
+    let (code, _, err) = run_cli(
+        &["init", "--force", "--state", state.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let forced = std::fs::read_to_string(&skill).unwrap();
+    assert!(!forced.contains("My own notes"));
+    assert!(
+        forced.contains("http://localhost:5003/api/internal"),
+        "init documents the configured port"
+    );
+}
