@@ -1,166 +1,117 @@
-//! # Simple usage
+//! tiny_http 0.12.0 as vendored by assistantd: the same `Server::recv()` / `Request::respond()`
+//! model, with the connection layer rebuilt so that no client, however slow or malformed, can
+//! crash the process, grow its memory without bound or keep other clients from being answered.
+//! README.md lists every change against the published crate.
 //!
-//! ## Creating the server
+//! # Model
 //!
-//! The easiest way to create a server is to call `Server::http()`.
+//! - One **accept thread** owns the listener. Each accepted connection goes to the
+//!   **connection pool** ([`pool`]): at most [`Config::max_connections`] threads, each serving
+//!   one connection at a time, from accept to close. When every thread is taken, the connection
+//!   waits in a short queue while the pool closes the connection that has been idle the longest
+//!   (a kept-alive connection waiting for its next request, or one that has been sending a request
+//!   head for too long); if none is idle, the next thread to finish a request closes its
+//!   connection after that response. The queue is bounded; beyond it, connections wait in the
+//!   kernel's listen backlog.
+//! - A connection thread does all the socket I/O, each step under a deadline: it reads the request
+//!   head (line, size and count caps), asks [`Config::admit`] whether the body may be read, reads
+//!   the body into memory (at most [`Config::max_body`] bytes; chunked framing decoded and
+//!   checked), queues the [`Request`] for the workers, waits for the response bytes and writes
+//!   them. Workers never touch a socket, so a stalled client costs one connection thread, never a
+//!   worker.
+//! - **Workers** are the caller's threads blocked in [`Server::recv`].
 //!
-//! The `http()` function returns an `IoResult<Server>` which will return an error
-//! in the case where the server creation fails (for example if the listening port is already
-//! occupied).
-//!
-//! ```no_run
-//! let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! ```
-//!
-//! A newly-created `Server` will immediately start listening for incoming connections and HTTP
-//! requests.
-//!
-//! ## Receiving requests
-//!
-//! Calling `server.recv()` will block until the next request is available.
-//! This function returns an `IoResult<Request>`, so you need to handle the possible errors.
-//!
-//! ```no_run
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//!
-//! loop {
-//!     // blocks until the next request is received
-//!     let request = match server.recv() {
-//!         Ok(rq) => rq,
-//!         Err(e) => { println!("error: {}", e); break }
-//!     };
-//!
-//!     // do something with the request
-//!     // ...
-//! }
-//! ```
-//!
-//! In a real-case scenario, you will probably want to spawn multiple worker tasks and call
-//! `server.recv()` on all of them. Like this:
-//!
-//! ```no_run
-//! # use std::sync::Arc;
-//! # use std::thread;
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! let server = Arc::new(server);
-//! let mut guards = Vec::with_capacity(4);
-//!
-//! for _ in (0 .. 4) {
-//!     let server = server.clone();
-//!
-//!     let guard = thread::spawn(move || {
-//!         loop {
-//!             let rq = server.recv().unwrap();
-//!
-//!             // ...
-//!         }
-//!     });
-//!
-//!     guards.push(guard);
-//! }
-//! ```
-//!
-//! If you don't want to block, you can call `server.try_recv()` instead.
-//!
-//! ## Handling requests
-//!
-//! The `Request` object returned by `server.recv()` contains informations about the client's request.
-//! The most useful methods are probably `request.method()` and `request.url()` which return
-//! the requested method (`GET`, `POST`, etc.) and url.
-//!
-//! To handle a request, you need to create a `Response` object. See the docs of this object for
-//! more infos. Here is an example of creating a `Response` from a file:
-//!
-//! ```no_run
-//! # use std::fs::File;
-//! # use std::path::Path;
-//! let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
-//! ```
-//!
-//! All that remains to do is call `request.respond()`:
-//!
-//! ```no_run
-//! # use std::fs::File;
-//! # use std::path::Path;
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! # let request = server.recv().unwrap();
-//! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
-//! let _ = request.respond(response);
-//! ```
+//! A body that is not read (refused by `admit`, or over the cap) is skipped after the response
+//! when it is small and arrives promptly ([`limits::MAX_DRAIN`]); otherwise the response carries
+//! `Connection: close` and the connection is closed, so leftover body bytes are never parsed as a
+//! request.
+
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
-
-use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use client::ClientConnection;
-use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use connection::{ConfigListenAddr, ListenAddr, Listener};
-pub use request::{ReadWrite, Request};
+pub use request::{BodyStatus, Request};
 pub use response::{Response, ResponseBox};
-pub use test::TestRequest;
 
 mod client;
 mod common;
-mod connection;
+pub mod limits;
+mod pool;
 mod request;
 mod response;
-mod ssl;
-mod test;
 mod util;
+
+/// Decides, from the request line and headers alone, whether a request's body may be read.
+/// Called on the connection thread for every request that declares a body, before any body byte
+/// is read and before `100 Continue` is sent. Must be fast and must not block.
+pub type Admit = Box<dyn Fn(&Request) -> bool + Send + Sync + 'static>;
+
+/// Limits and hooks of a [`Server`]. `Config::default()` uses the values in [`limits`].
+pub struct Config {
+    /// Largest body read into memory; a larger declared or streamed body is
+    /// [`BodyStatus::TooLarge`].
+    pub max_body: usize,
+    /// Most connections served at once (one thread each).
+    pub max_connections: usize,
+    /// See [`Admit`]. `None` reads every body (up to `max_body`).
+    pub admit: Option<Admit>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_body: limits::MAX_BODY,
+            max_connections: limits::MAX_CONNECTIONS,
+            admit: None,
+        }
+    }
+}
+
+/// State shared by the accept thread, the connection threads and the [`Server`] handle.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) messages: Arc<MessagesQueue<Request>>,
+    /// Set by [`Server::stop_accepting`]: no new connections, no more keep-alive.
+    pub(crate) closing: AtomicBool,
+    pub(crate) pool: pool::Pool,
+    /// Origin of the millisecond clock the connection slots use.
+    pub(crate) epoch: Instant,
+}
+
+impl Shared {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+}
 
 /// The main class of this library.
 ///
-/// Destroying this object will immediately close the listening socket and the reading
-///  part of all the client's connections. Requests that have already been returned by
-///  the `recv()` function will not close and the responses will be transferred to the client.
+/// Dropping it stops accepting connections (as [`Server::stop_accepting`]); requests already
+/// received are still answered.
 pub struct Server {
-    // should be false as long as the server exists
-    // when set to true, all the subtasks will close within a few hundreds ms
-    close: Arc<AtomicBool>,
-
-    // queue for messages received by child threads
-    messages: Arc<MessagesQueue<Message>>,
-
-    // result of TcpListener::local_addr()
-    listening_addr: ListenAddr,
-}
-
-enum Message {
-    Error(IoError),
-    NewRequest(Request),
-}
-
-impl From<IoError> for Message {
-    fn from(e: IoError) -> Message {
-        Message::Error(e)
-    }
-}
-
-impl From<Request> for Message {
-    fn from(rq: Request) -> Message {
-        Message::NewRequest(rq)
-    }
+    shared: Arc<Shared>,
+    listening_addr: SocketAddr,
 }
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)]
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -169,190 +120,28 @@ pub struct IncomingRequests<'a> {
     server: &'a Server,
 }
 
-/// Represents the parameters required to create a server.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The addresses to try to listen to.
-    pub addr: ConfigListenAddr,
-
-    /// If `Some`, then the server will use SSL to encode the communications.
-    pub ssl: Option<SslConfig>,
-}
-
-/// Configuration of the server for SSL.
-#[derive(Debug, Clone)]
-pub struct SslConfig {
-    /// Contains the public certificate to send to clients.
-    pub certificate: Vec<u8>,
-    /// Contains the ultra-secret private key used to decode communications.
-    pub private_key: Vec<u8>,
-}
-
 impl Server {
-    /// Shortcut for a simple server on a specific address.
-    #[inline]
-    pub fn http<A>(addr: A) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
-        })
-    }
-
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
-        })
-    }
-
-    #[cfg(unix)]
-    #[inline]
-    /// Shortcut for a UNIX socket server at a specific path
-    pub fn http_unix(
-        path: &std::path::Path,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
-        })
-    }
-
-    /// Builds a new server that listens on the specified address.
-    pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = config.addr.bind()?;
-        Self::from_listener(listener, config.ssl)
-    }
-
-    /// Builds a new server using the specified TCP listener.
-    ///
-    /// This is useful if you've constructed TcpListener using some less usual method
-    /// such as from systemd. For other cases, you probably want the `new()` function.
-    pub fn from_listener<L: Into<Listener>>(
-        listener: L,
-        ssl_config: Option<SslConfig>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
-        // building the "close" variable
-        let close_trigger = Arc::new(AtomicBool::new(false));
-
-        // building the TcpListener
-        let (server, local_addr) = {
-            let local_addr = listener.local_addr()?;
-            log::debug!("Server listening on {}", local_addr);
-            (listener, local_addr)
-        };
-
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
-
-        // creating a task where server.accept() is continuously called
-        // and ClientConnection objects are pushed in the messages queue
-        let messages = MessagesQueue::with_capacity(8);
-
-        let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
-            }
-            log::debug!("Terminating accept thread");
+    /// Serves HTTP on `listener` (already bound and listening) with `config`.
+    pub fn from_listener(listener: TcpListener, config: Config) -> IoResult<Server> {
+        let listening_addr = listener.local_addr()?;
+        // accept() honours SO_RCVTIMEO on Linux: the accept loop wakes up every tick to retry
+        // evictions for queued connections and to notice a stop. Accepted sockets inherit the
+        // option; connection threads set their own timeouts first thing.
+        socket2::SockRef::from(&listener).set_read_timeout(Some(limits::ACCEPT_TICK))?;
+        let shared = Arc::new(Shared {
+            config,
+            messages: MessagesQueue::with_capacity(64),
+            closing: AtomicBool::new(false),
+            pool: pool::Pool::new(),
+            epoch: Instant::now(),
         });
-
-        // result
+        let inside = shared.clone();
+        thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || accept_loop(listener, inside))?;
         Ok(Server {
-            messages,
-            close: close_trigger,
-            listening_addr: local_addr,
+            shared,
+            listening_addr,
         })
     }
 
@@ -366,48 +155,64 @@ impl Server {
 
     /// Returns the address the server is listening to.
     #[inline]
-    pub fn server_addr(&self) -> ListenAddr {
-        self.listening_addr.clone()
-    }
-
-    /// Returns the number of clients currently connected to the server.
-    pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+    pub fn server_addr(&self) -> SocketAddr {
+        self.listening_addr
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
     pub fn recv(&self) -> IoResult<Request> {
-        match self.messages.pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(rq),
+        match self.shared.messages.pop() {
+            Some(rq) => Ok(rq),
             None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
         }
     }
 
     /// Same as `recv()` but doesn't block longer than timeout
     pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
-        match self.messages.pop_timeout(timeout) {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
-        }
+        Ok(self.shared.messages.pop_timeout(timeout))
     }
 
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
-        match self.messages.try_pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
-        }
+        Ok(self.shared.messages.try_pop())
     }
 
     /// Unblock thread stuck in recv() or incoming_requests().
     /// If there are several such threads, only one is unblocked.
     /// This method allows graceful shutdown of server.
     pub fn unblock(&self) {
-        self.messages.unblock();
+        self.shared.messages.unblock();
+    }
+
+    /// Starts a graceful stop: the listening socket is closed (new connections are refused),
+    /// idle kept-alive connections are closed, and every request in progress is answered with
+    /// `Connection: close`. Requests already received keep flowing to [`Server::recv`].
+    pub fn stop_accepting(&self) {
+        if self.shared.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the accept thread at once rather than at its next tick.
+        if let Ok(s) = TcpStream::connect_timeout(&self.listening_addr, Duration::from_millis(200))
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.shared.pool.evict_for_stop(&self.shared);
+    }
+
+    /// Requests not yet answered: connections reading a request or waiting for its response,
+    /// plus accepted connections waiting for a thread. After [`Server::stop_accepting`] this
+    /// also closes idle connections and those that have been sending a request head for longer
+    /// than [`limits::SLOW_HEAD`], so a stop is never held up by a slowloris client.
+    pub fn requests_in_progress(&self) -> usize {
+        if self.shared.closing() {
+            self.shared.pool.evict_for_stop(&self.shared);
+        }
+        self.shared.pool.in_progress()
+    }
+
+    /// Connections currently open (served by a thread or waiting for one).
+    pub fn connections(&self) -> usize {
+        self.shared.pool.connections()
     }
 }
 
@@ -420,26 +225,29 @@ impl Iterator for IncomingRequests<'_> {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.close.store(true, Relaxed);
-        // Connect briefly to ourselves to unblock the accept thread
-        let maybe_stream = match &self.listening_addr {
-            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
-            #[cfg(unix)]
-            ListenAddr::Unix(addr) => {
-                // TODO: use connect_addr when its stabilized.
-                let path = addr.as_pathname().unwrap();
-                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
-            }
-        };
-        if let Ok(stream) = maybe_stream {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        self.stop_accepting();
+    }
+}
 
-        #[cfg(unix)]
-        if let ListenAddr::Unix(addr) = &self.listening_addr {
-            if let Some(path) = addr.as_pathname() {
-                let _ = std::fs::remove_file(path);
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while !shared.closing() {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                if shared.closing() {
+                    break;
+                }
+                pool::dispatch(&shared, sock);
             }
+            Err(e) => match e.kind() {
+                // The tick: a chance to free a thread for queued connections.
+                IoErrorKind::WouldBlock | IoErrorKind::TimedOut | IoErrorKind::Interrupted => {
+                    shared.pool.relieve(&shared)
+                }
+                // Out of file descriptors, a connection reset before accept, …: never fatal
+                // (tiny_http 0.12 stopped serving for good here). Back off briefly and go on.
+                _ => thread::sleep(limits::ACCEPT_ERROR_BACKOFF),
+            },
         }
     }
+    // Dropping the listener closes it: new connections are refused from here on.
 }

@@ -48,6 +48,20 @@ pub struct Response<R> {
 /// A `Response` without a template parameter.
 pub type ResponseBox = Response<Box<dyn Read + Send>>;
 
+/// The `Connection` header of a response, decided by the connection layer (callers cannot set
+/// it: `add_header` ignores `Connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionHeader<'a> {
+    /// No header: the HTTP/1.1 default (keep-alive).
+    None,
+    /// `Connection: close`: this is the last response on the connection.
+    Close,
+    /// `Connection: keep-alive`, for HTTP/1.0 clients that asked for it.
+    KeepAlive,
+    /// `Connection: upgrade` with `Upgrade: <protocol>`.
+    Upgrade(&'a str),
+}
+
 /// Transfer encoding to use when sending the message.
 /// Note that only *supported* encoding are listed here.
 #[derive(Copy, Clone)]
@@ -328,16 +342,38 @@ where
     /// Therefore you shouldn't expect anything pretty-printed or even readable.
     ///
     /// The HTTP version and headers passed as arguments are used to
-    ///  decide which features (most notably, encoding) to use.
+    /// decide which features (most notably, encoding) to use.
     ///
     /// Note: does not flush the writer.
     pub fn raw_print<W: Write>(
+        self,
+        writer: W,
+        http_version: HTTPVersion,
+        request_headers: &[Header],
+        do_not_send_body: bool,
+        upgrade: Option<&str>,
+    ) -> IoResult<()> {
+        let connection = match upgrade {
+            Some(protocol) => ConnectionHeader::Upgrade(protocol),
+            None => ConnectionHeader::None,
+        };
+        self.print(
+            writer,
+            http_version,
+            request_headers,
+            do_not_send_body,
+            connection,
+        )
+    }
+
+    /// [`Response::raw_print`] with the `Connection` header the connection layer decided on.
+    pub(crate) fn print<W: Write>(
         mut self,
         mut writer: W,
         http_version: HTTPVersion,
         request_headers: &[Header],
         do_not_send_body: bool,
-        upgrade: Option<&str>,
+        connection: ConnectionHeader<'_>,
     ) -> IoResult<()> {
         let mut transfer_encoding = Some(choose_transfer_encoding(
             self.status_code,
@@ -361,17 +397,26 @@ where
             );
         }
 
-        // handling upgrade
-        if let Some(upgrade) = upgrade {
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).unwrap(),
-            );
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
-            );
-            transfer_encoding = None;
+        match connection {
+            ConnectionHeader::None => {}
+            ConnectionHeader::Close => self
+                .headers
+                .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap()),
+            ConnectionHeader::KeepAlive => self
+                .headers
+                .push(Header::from_bytes(&b"Connection"[..], &b"keep-alive"[..]).unwrap()),
+            // handling upgrade
+            ConnectionHeader::Upgrade(upgrade) => {
+                self.headers.insert(
+                    0,
+                    Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).unwrap(),
+                );
+                self.headers.insert(
+                    0,
+                    Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
+                );
+                transfer_encoding = None;
+            }
         }
 
         // if the transfer encoding is identity, the content length must be known ; therefore if
