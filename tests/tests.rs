@@ -4,3 +4,4 @@
 mod util;
 
 mod api_core;
+mod hardening;
