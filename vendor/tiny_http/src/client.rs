@@ -4,8 +4,9 @@
 //! request, [`HEAD_TIMEOUT`] in total for the rest of the head (one byte every few seconds does
 //! not extend it), [`BODY_TIMEOUT`] in total for an admitted body, [`WRITE_TIMEOUT`] per write.
 //! Heads are capped in line length, line count and total size; bodies are read into memory up to
-//! `max_body`, chunked framing included. The connection thread does all the socket I/O; the
-//! worker that answers a request renders the response into memory and sends it back here.
+//! `max_body`, chunked framing included. The connection thread does all the blocking socket I/O;
+//! the worker that answers a request renders the response into memory, sends what the socket
+//! takes at once without blocking, and hands the rest (usually none) back here.
 //!
 //! After a response the connection is kept only when the stream is at a request boundary: the
 //! body was read, or a small refused body was skipped ([`MAX_DRAIN`], [`DRAIN_TIMEOUT`]).
@@ -17,6 +18,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::str::FromStr;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ascii::AsciiString;
@@ -27,7 +29,7 @@ use crate::limits::{
     WRITE_TIMEOUT,
 };
 use crate::pool::{Slot, BODY, BUSY, CLOSING, HEAD, IDLE};
-use crate::request::BodyStatus;
+use crate::request::{BodyStatus, Reply};
 use crate::response::ConnectionHeader;
 use crate::{HTTPVersion, Header, HeaderField, Method, Request, Shared, StatusCode};
 
@@ -90,7 +92,7 @@ fn io_fail(e: io::Error) -> Fail {
 }
 
 struct Conn<'a> {
-    slot: &'a Slot,
+    slot: &'a Arc<Slot>,
     shared: &'a Shared,
     stream: &'a TcpStream,
     /// Our idea of the slot's state (the pool may move it to EVICTED behind our back).
@@ -101,13 +103,13 @@ struct Conn<'a> {
     end: usize,
     /// The socket's current SO_RCVTIMEO, to set it only when it changes.
     timeout: Option<Duration>,
-    reply_tx: Sender<Vec<u8>>,
-    reply_rx: Receiver<Vec<u8>>,
+    reply_tx: Sender<Reply>,
+    reply_rx: Receiver<Reply>,
     remote: Option<SocketAddr>,
 }
 
 /// Serves the connection in `slot` until it closes.
-pub(crate) fn serve(slot: &Slot, shared: &Shared) {
+pub(crate) fn serve(slot: &Arc<Slot>, shared: &Shared) {
     let stream = &slot.stream;
     if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
         return;
@@ -258,8 +260,10 @@ impl Conn<'_> {
         self.to(BUSY)?;
         self.shared.messages.push(rq);
         // We hold a sender ourselves and a dropped Request answers 500, so this always returns.
-        let bytes = self.reply_rx.recv().map_err(|_| Fail::Gone)?;
-        self.stream.write_all(&bytes).map_err(|_| Fail::Gone)?;
+        let reply = self.reply_rx.recv().map_err(|_| Fail::Gone)?;
+        self.stream
+            .write_all(&reply.bytes[reply.sent..])
+            .map_err(|_| Fail::Gone)?;
 
         if close {
             if after != After::KeepAlive {
@@ -451,6 +455,7 @@ impl Conn<'_> {
             self.remote,
             body_length,
             self.reply_tx.clone(),
+            self.slot.clone(),
         );
         Ok((
             rq,

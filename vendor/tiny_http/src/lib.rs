@@ -16,9 +16,10 @@
 //! - A connection thread does all the socket I/O, each step under a deadline: it reads the request
 //!   head (line, size and count caps), asks [`Config::admit`] whether the body may be read, reads
 //!   the body into memory (at most [`Config::max_body`] bytes; chunked framing decoded and
-//!   checked), queues the [`Request`] for the workers, waits for the response bytes and writes
-//!   them. Workers never touch a socket, so a stalled client costs one connection thread, never a
-//!   worker.
+//!   checked), queues the [`Request`] for the workers and waits for the response. The worker
+//!   renders the response into memory and sends what the socket takes at once without blocking;
+//!   the connection thread writes any rest under its deadline. Workers never block on a socket,
+//!   so a stalled client costs one connection thread, never a worker.
 //! - **Workers** are the caller's threads blocked in [`Server::recv`].
 //!
 //! A body that is not read (refused by `admit`, or over the cap) is skipped after the response

@@ -4,7 +4,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
+use crate::pool::Slot;
 use crate::response::ConnectionHeader;
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 
@@ -31,8 +33,9 @@ pub enum BodyStatus {
 /// worker threads.
 ///
 /// The body, when there is one and it was admitted, has already been read into memory by the
-/// connection thread; answering renders the response into memory and hands it back to that
-/// thread, which writes it. A worker never blocks on a socket.
+/// connection thread. Answering renders the response into memory, sends what the socket takes
+/// at once without blocking, and hands the rest (usually nothing) to the connection thread,
+/// which writes it under its deadline. A worker never blocks on a socket.
 ///
 /// # Automatic cleanup
 ///
@@ -44,7 +47,10 @@ pub struct Request {
     body_status: BodyStatus,
 
     // if this is empty, then the request has been answered
-    reply: Option<Sender<Vec<u8>>>,
+    reply: Option<Sender<Reply>>,
+
+    // the connection, for the worker's non-blocking send
+    slot: Arc<Slot>,
 
     remote_addr: Option<SocketAddr>,
 
@@ -70,12 +76,14 @@ impl Request {
         headers: Vec<Header>,
         remote_addr: Option<SocketAddr>,
         body_length: Option<usize>,
-        reply: Sender<Vec<u8>>,
+        reply: Sender<Reply>,
+        slot: Arc<Slot>,
     ) -> Request {
         Request {
             body: Cursor::new(Vec::new()),
             body_status: BodyStatus::Complete,
             reply: Some(reply),
+            slot,
             remote_addr,
             method,
             path,
@@ -159,8 +167,9 @@ impl Request {
 
     /// Sends a response to this request.
     ///
-    /// The response is rendered into memory here and written by the connection thread, which
-    /// applies the write deadline; errors of that write are not reported back.
+    /// The response is rendered into memory here and sent with a non-blocking write; whatever
+    /// the socket does not take at once is written by the connection thread under its write
+    /// deadline. Errors of those writes are not reported back.
     #[inline]
     pub fn respond<R>(mut self, response: Response<R>) -> Result<(), io::Error>
     where
@@ -198,13 +207,41 @@ impl Request {
                     self.connection,
                 )
                 .ok();
-            let _ = reply.send(out);
+            let _ = reply.send(Reply {
+                bytes: out,
+                sent: 0,
+            });
             return Err(e);
         }
+        // Straight to the socket when it takes the bytes at once (the usual case): the client
+        // gets its answer without waiting for the connection thread to be scheduled.
+        let sent = send_now(&self.slot, &out);
         // The connection thread may be gone (client vanished); nothing to do about it.
-        let _ = reply.send(out);
+        let _ = reply.send(Reply { bytes: out, sent });
         Ok(())
     }
+}
+
+/// A rendered response handed back to the connection thread: `bytes[sent..]` is still to write.
+pub(crate) struct Reply {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) sent: usize,
+}
+
+/// Sends as much of `bytes` as the socket accepts without blocking; returns how much.
+fn send_now(slot: &Slot, bytes: &[u8]) -> usize {
+    let sock = socket2::SockRef::from(&slot.stream);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match sock.send_with_flags(&bytes[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // Would block, or a broken connection: the connection thread finds out.
+            Err(_) => break,
+        }
+    }
+    sent
 }
 
 impl fmt::Debug for Request {
