@@ -7,9 +7,8 @@
 //! is decided before any body byte is read: the connection thread asks [`crate::routes::authorize`]
 //! (the `admit` hook) whether a body may be read, so a missing or bad token never makes us read
 //! (or send `100 Continue` for) a body, and a body over [`MAX_BODY`] is 413 without reading the
-//! rest. The
-//! adapter catches panics (500, the worker lives on), answers every request exactly once and
-//! logs one line per request: method, path without query, status, ms.
+//! rest. The adapter catches panics (500, the worker lives on), answers every request exactly
+//! once and logs one line per request: method, path without query, status, ms.
 
 use crate::app::App;
 use crate::error::ApiError;
