@@ -1,13 +1,18 @@
-//! The HTTP edge: tiny_http on a prepared listener (TCP_NODELAY, which accepted sockets
-//! inherit on Linux), a fixed pool of worker threads, and the adapter between tiny_http and our
-//! plain [`Request`]/[`Response`]. The adapter caps bodies (413 without reading the rest), checks
-//! auth before reading a body, catches panics (500, the worker lives on), answers every request
-//! exactly once and logs one line per request: method, path without query, status, ms.
+//! The HTTP edge: tiny_http (vendored, see `vendor/tiny_http/README.md`) on a prepared listener
+//! (TCP_NODELAY, which accepted sockets inherit on Linux), a fixed pool of worker threads, and the
+//! adapter between tiny_http and our plain [`Request`]/[`Response`].
+//!
+//! tiny_http's connection threads do every socket read and write under deadlines, with caps on
+//! heads, connections and bodies (`tiny_http::limits`); the workers here only run handlers. Auth
+//! is decided before any body byte is read: the connection thread asks [`crate::routes::authorize`]
+//! (the `admit` hook) whether a body may be read, so a missing or bad token never makes us read
+//! (or send `100 Continue` for) a body, and a body over [`MAX_BODY`] is 413 without reading the
+//! rest. The adapter catches panics (500, the worker lives on), answers every request exactly
+//! once and logs one line per request: method, path without query, status, ms.
 
 use crate::app::App;
 use crate::error::ApiError;
 use serde_json::Value;
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -213,25 +218,29 @@ fn to_request(rq: &tiny_http::Request) -> Request {
     }
 }
 
-/// Reads at most `MAX_BODY + 1` bytes; a declared length over the cap is not read at all.
-fn read_body(rq: &mut tiny_http::Request) -> std::io::Result<Body> {
-    if rq.body_length().is_some_and(|n| n > MAX_BODY) {
-        return Ok(Body::TooLarge);
+/// The body the connection thread read (or why it did not). `authenticated`: the request
+/// carried a valid token (only those have their bodies read).
+fn take_body(rq: &mut tiny_http::Request, authenticated: bool) -> Result<Body, ApiError> {
+    match rq.body_status() {
+        tiny_http::BodyStatus::Complete => {
+            let b = rq.take_body();
+            Ok(if b.is_empty() {
+                Body::Empty
+            } else {
+                Body::Bytes(b)
+            })
+        }
+        tiny_http::BodyStatus::TooLarge => Ok(Body::TooLarge),
+        tiny_http::BodyStatus::Malformed => Err(ApiError::BadRequest(
+            "Malformed chunked request body".into(),
+        )),
+        // A public path: no public route takes a body.
+        tiny_http::BodyStatus::NotRead if !authenticated => Ok(Body::Empty),
+        // The token file changed between the connection thread's check and ours.
+        tiny_http::BodyStatus::NotRead => Err(ApiError::BadRequest(
+            "Could not read the request body".into(),
+        )),
     }
-    if rq.body_length() == Some(0) {
-        return Ok(Body::Empty);
-    }
-    let mut buf = Vec::new();
-    rq.as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut buf)?;
-    Ok(if buf.len() > MAX_BODY {
-        Body::TooLarge
-    } else if buf.is_empty() {
-        Body::Empty
-    } else {
-        Body::Bytes(buf)
-    })
 }
 
 fn respond(rq: tiny_http::Request, resp: Response) {
@@ -242,13 +251,15 @@ fn respond(rq: tiny_http::Request, resp: Response) {
         }
     }
     let len = resp.body.len();
+    // Bodies are in memory: always a Content-Length, never chunked.
     let r = tiny_http::Response::new(
         tiny_http::StatusCode(resp.status),
         headers,
         std::io::Cursor::new(resp.body),
         Some(len),
         None,
-    );
+    )
+    .with_chunked_threshold(usize::MAX);
     // The client may be gone; nothing to do about it.
     let _ = rq.respond(r);
 }
@@ -270,14 +281,12 @@ fn process(app: &App, mut rq: tiny_http::Request) {
     // `100 Continue` for) a body.
     let early = match crate::routes::authorize(app, &req) {
         Err(e) => Some(Response::from_error(&e)),
-        Ok(_) => match read_body(&mut rq) {
+        Ok(token) => match take_body(&mut rq, token.is_some()) {
             Ok(b) => {
                 req.body = b;
                 None
             }
-            Err(_) => Some(Response::from_error(&ApiError::BadRequest(
-                "Could not read the request body".into(),
-            ))),
+            Err(e) => Some(Response::from_error(&e)),
         },
     };
     let (resp, extra) = match early {
@@ -308,8 +317,21 @@ impl Server {
     /// Starts `workers` threads serving `app` on `listener`.
     pub fn start(app: Arc<App>, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let gate = app.clone();
+        let config = tiny_http::Config {
+            max_body: MAX_BODY,
+            // Runs on the connection thread before any body byte is read: only requests with a
+            // valid token have their bodies read (public paths take none), so memory spent on
+            // bodies is bounded by authenticated connections.
+            admit: Some(Box::new(move |rq: &tiny_http::Request| {
+                matches!(
+                    crate::routes::authorize(&gate, &to_request(rq)),
+                    Ok(Some(_))
+                )
+            })),
+            ..tiny_http::Config::default()
+        };
+        let server = tiny_http::Server::from_listener(listener, config)?;
         let server = Arc::new(server);
         let stopping = Arc::new(AtomicBool::new(false));
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -346,14 +368,21 @@ impl Server {
         })
     }
 
-    /// Stops taking requests, lets those in flight finish (bounded by [`SHUTDOWN_GRACE`]).
-    /// Returns true when every worker finished in time.
+    /// Stops taking requests, lets those in flight finish (bounded by [`SHUTDOWN_GRACE`]):
+    /// the listener closes, idle connections close, requests already received are answered
+    /// (with `Connection: close`), then the workers stop. Returns true when everything
+    /// finished in time.
     pub fn shutdown(self) -> bool {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        self.server.stop_accepting();
+        while self.server.requests_in_progress() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let drained = self.server.requests_in_progress() == 0;
         self.stopping.store(true, Ordering::SeqCst);
         for _ in 0..self.workers.len() {
             self.server.unblock();
         }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
         while Instant::now() < deadline {
             if self.workers.iter().all(|w| w.is_finished()) {
                 break;
@@ -368,7 +397,7 @@ impl Server {
                 let _ = w.join();
             }
         }
-        done && self.in_flight.load(Ordering::SeqCst) == 0
+        done && drained && self.in_flight.load(Ordering::SeqCst) == 0
     }
 }
 

@@ -192,6 +192,8 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
             "POST" => reload(app, token.as_deref().unwrap_or_default()),
             _ => not_allowed("POST"),
         },
+        #[cfg(feature = "test-panic-route")]
+        ["api", "internal", "__panic"] => panic!("test-only panic route"),
         _ => Err(ApiError::not_found()),
     }
 }

@@ -9,6 +9,7 @@ mod api_push;
 mod api_settings;
 mod durability;
 mod fuzz;
+mod hardening;
 mod opencode_e2e;
 mod push_interop;
 mod schedules_opencode;
