@@ -6,6 +6,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // One line per panic (the edge turns a handler panic into a 500 and the worker lives on);
+    // no backtrace capture, which would cost tens of MB of RSS while symbolising.
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let (cmd, cfg) = match cli::parse(&args, &|k| std::env::var(k).ok()) {
         Ok(v) => v,
