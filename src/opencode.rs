@@ -180,12 +180,7 @@ impl Client {
         };
         let mut resp = result.map_err(map_ureq_error)?;
         let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = content_type(&resp);
         let mut bytes = Vec::new();
         resp.body_mut()
             .as_reader()
@@ -313,12 +308,7 @@ impl Client {
         }
         let resp = req.call().map_err(map_ureq_error)?;
         let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = content_type(&resp);
         if !(200..300).contains(&status) {
             return Err(OpencodeError::Status {
                 status,
@@ -438,6 +428,15 @@ impl EventStream {
             }
         }
     }
+}
+
+/// The response's `Content-Type`, or empty.
+fn content_type<B>(resp: &ureq::http::Response<B>) -> String {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn map_ureq_error(e: ureq::Error) -> OpencodeError {

@@ -996,19 +996,12 @@ fn rate_limiter_bounded_under_token_churn_and_no_token_in_logs_slow() {
 
 // ---------------------------------------------------------------- bounded fuzzing
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
+/// Mutates `seed` a few times (bytes flipped, inserted, removed, HTTP pieces spliced in).
+trait Mutate {
+    fn mutate(&mut self, seed: &[u8]) -> Vec<u8>;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+impl Mutate for Rng {
     fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
         let mut v = seed.to_vec();
         for _ in 0..1 + self.below(8) {
