@@ -30,6 +30,11 @@ fuzz:
 demo: build
 	bash scripts/demo.sh
 
+# Release build, then one table: req/s and latency (with a floor), RSS, start time, binary
+# size, push fan-out and crypto cost. See bench/run.sh for BENCH_* knobs; wrk is optional.
+bench:
+	CARGO="$(CARGO)" bench/run.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
