@@ -17,5 +17,5 @@ $CARGO build --release --examples
 # The driver stops its children itself; `timeout` bounds the whole run in case it hangs.
 secs=${BENCH_SECS:-10}
 runs=${BENCH_RUNS:-3}
-limit=$(awk -v s="$secs" -v r="$runs" 'BEGIN { printf "%d", s * r * 6 + 600 }')
-exec timeout --foreground --kill-after=10 "$limit" target/release/examples/bench
+limit=$(awk -v s="$secs" -v r="$runs" 'BEGIN { printf "%d", s * (r * 6 + 2) + 600 }')
+exec timeout --foreground --kill-after=10 "$limit" "${CARGO_TARGET_DIR:-target}/release/examples/bench"
