@@ -669,6 +669,8 @@ struct Load {
     stalled: u64,
     errors: u64,
     unexpected: u64,
+    /// Answers with `Connection: close` (the server shedding keep-alive connections).
+    closed: u64,
 }
 
 impl Load {
@@ -691,6 +693,8 @@ impl Load {
                 self.unexpected,
                 k(self.rps)
             )
+        } else if self.closed > 0 {
+            format!("{} ({} closed)", k(self.rps), self.closed)
         } else {
             k(self.rps)
         }
@@ -768,6 +772,7 @@ fn loadgen(bins: &Bins, c: &Cfg, addr: SocketAddr, sc: &Scenario, token: &str) -
         stalled: get("stalled") as u64,
         errors: get("errors") as u64,
         unexpected: get("unexpected") as u64,
+        closed: get("closed") as u64,
     };
     for line in text.lines().filter(|l| !l.starts_with("RESULT ")) {
         eprintln!("    {line}");

@@ -1,8 +1,10 @@
 //! The floor for `make bench` (issue 5): the least a tiny_http server can do to answer a GET
-//! with our settings bytes. Same tiny_http as assistantd (this crate's dependency), a listener
-//! prepared the way `src/http.rs` `bind()` prepares it (socket2: reuse-address, TCP_NODELAY —
-//! which accepted sockets inherit on Linux — backlog 1024), and the same number of worker
-//! threads calling `recv()`. No routing, no auth, no log line, no copy of the body.
+//! with our settings bytes. Same tiny_http as assistantd (this crate's dependency, the vendored
+//! one) with its default limits, a listener prepared the way `src/http.rs` `bind()` prepares it
+//! (socket2: reuse-address, TCP_NODELAY — which accepted sockets inherit on Linux — backlog
+//! 1024), the same number of worker threads calling `recv()`, and the body sent with a
+//! Content-Length as `src/http.rs` `respond()` sends it. No routing, no auth (no `admit` hook),
+//! no log line, no copy of the body.
 //!
 //! ```sh
 //! cargo run --release --example floor -- --body settings.json --workers 8
@@ -10,8 +12,8 @@
 //!
 //! Prints `listening on http://ADDR` on stdout, then serves until killed or `--max-secs`
 //! (default 3600) have passed, so a forgotten floor does not outlive the bench by much.
-//! `--chunked-threshold N` changes tiny_http's default (bodies of 32 KiB and more are sent
-//! chunked), to measure what that costs on large bodies such as the repos list.
+//! `--chunked-threshold N` sends bodies of N bytes and more chunked (tiny_http's own default is
+//! 32 KiB), to measure what chunking would cost on large bodies such as the repos list.
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::Write;
@@ -46,7 +48,7 @@ fn main() {
     let mut workers = assistantd::cli::default_workers();
     let mut listen = "127.0.0.1:0".to_string();
     let mut max_secs = 3600u64;
-    let mut chunked_threshold = None;
+    let mut chunked_threshold = usize::MAX;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || {
@@ -59,11 +61,9 @@ fn main() {
             "--listen" => listen = val(),
             "--max-secs" => max_secs = val().parse().unwrap_or_else(|_| die("bad --max-secs")),
             "--chunked-threshold" => {
-                chunked_threshold = Some(
-                    val()
-                        .parse()
-                        .unwrap_or_else(|_| die("bad --chunked-threshold")),
-                )
+                chunked_threshold = val()
+                    .parse()
+                    .unwrap_or_else(|_| die("bad --chunked-threshold"))
             }
             _ => die(&format!("unknown argument {flag}")),
         }
@@ -83,7 +83,7 @@ fn main() {
     })()
     .unwrap_or_else(|e| die(&format!("cannot listen on {addr}: {e}")));
     let local = listener.local_addr().unwrap_or(addr);
-    let server = tiny_http::Server::from_listener(listener, None)
+    let server = tiny_http::Server::from_listener(listener, tiny_http::Config::default())
         .unwrap_or_else(|e| die(&format!("tiny_http: {e}")));
     let server = Arc::new(server);
     let content_type = tiny_http::Header::from_bytes("Content-Type", "application/json")
@@ -94,16 +94,14 @@ fn main() {
         std::thread::spawn(move || {
             while let Ok(rq) = server.recv() {
                 let len = body.0.len();
-                let mut resp = tiny_http::Response::new(
+                let resp = tiny_http::Response::new(
                     tiny_http::StatusCode(200),
                     vec![ct.clone()],
                     std::io::Cursor::new(body.clone()),
                     Some(len),
                     None,
-                );
-                if let Some(t) = chunked_threshold {
-                    resp = resp.with_chunked_threshold(t);
-                }
+                )
+                .with_chunked_threshold(chunked_threshold);
                 let _ = rq.respond(resp);
             }
         });

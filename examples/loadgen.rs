@@ -19,7 +19,8 @@
 //! `--path` (/), `-H 'Name: value'` (repeatable), `--body TEXT`, `--bodies FILE` (one body per
 //! line: with at least `conns` lines, connection *i* cycles through lines *l* with
 //! `l % conns == i`; with fewer, connection *i* sends line `i % lines`), `--expect STATUS` (200),
-//! `--stall-ms`. The last line of output is machine-readable: `RESULT key=value …`.
+//! `--stall-ms`. An answer with `Connection: close` counts; the connection is then reopened
+//! (`closed=` says how often). The last line of output is machine-readable: `RESULT key=value …`.
 //! Exit status 0 also for invalid runs (the caller reads `valid=`); 2 on bad arguments.
 
 use std::io::{Read, Write};
@@ -145,8 +146,11 @@ struct ConnReport {
     latencies: Vec<u32>,
     /// Answers with a status other than `--expect`.
     unexpected: u64,
-    /// I/O errors, closed connections and unparsable answers (each followed by a reconnect).
+    /// I/O errors, connections closed without an answer and unparsable answers (each followed
+    /// by a reconnect).
     errors: u64,
+    /// Answers that came with `Connection: close` (counted; then a reconnect).
+    closed: u64,
     /// The longest time without an answer, including start → first and last → deadline.
     max_gap: Duration,
     first_error: Option<String>,
@@ -160,8 +164,13 @@ struct Live {
     stalled: AtomicBool,
 }
 
-/// Reads one response; returns its status. `buf` keeps bytes that arrived beyond it.
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, give_up: Instant) -> Result<u16, String> {
+/// Reads one response; returns its status and whether the server closes the connection after
+/// it. `buf` keeps bytes that arrived beyond it.
+fn read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    give_up: Instant,
+) -> Result<(u16, bool), String> {
     let mut chunk = [0u8; 16 * 1024];
     let head_end = loop {
         if let Some(p) = find(buf, b"\r\n\r\n") {
@@ -242,10 +251,7 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, give_up: Instant) -> Resu
         }
         buf.drain(..head_end + len);
     }
-    if close {
-        return Err(format!("server closed the connection after a {status}"));
-    }
-    Ok(status)
+    Ok((status, close))
 }
 
 /// One `read` into `buf`, retrying on the poll timeout until `give_up`.
@@ -332,9 +338,14 @@ fn run_conn(
             .and_then(|()| read_response(s, &mut buf, deadline + DRAIN_GRACE));
         let done = Instant::now();
         match result {
-            Ok(status) => {
+            Ok((status, close)) => {
                 if done > deadline {
                     break; // finished after the end: not counted
+                }
+                if close {
+                    rep.closed += 1;
+                    stream = None;
+                    buf.clear();
                 }
                 rep.max_gap = rep.max_gap.max(done - last_answer);
                 last_answer = done;
@@ -439,6 +450,7 @@ fn main() {
         .count();
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
     let unexpected: u64 = reports.iter().map(|r| r.unexpected).sum();
+    let closed: u64 = reports.iter().map(|r| r.closed).sum();
     let max_gap = reports.iter().map(|r| r.max_gap).max().unwrap_or_default();
     let mut sorted_conn = per_conn.clone();
     sorted_conn.sort_unstable();
@@ -466,6 +478,9 @@ fn main() {
         a.stall.as_millis(),
         max_gap.as_secs_f64() * 1000.0
     );
+    if closed > 0 {
+        println!("answers with Connection: close (then a new connection): {closed}");
+    }
     if errors > 0 || unexpected > 0 {
         let first = reports.iter().find_map(|r| r.first_error.as_deref());
         println!(
@@ -479,7 +494,7 @@ fn main() {
     }
     println!(
         "RESULT valid={} rps={rps:.1} p50_us={p50} p99_us={p99} answers={answers} conns={} \
-         starved={starved} stalled={stalled} errors={errors} unexpected={unexpected} \
+         starved={starved} stalled={stalled} errors={errors} unexpected={unexpected} closed={closed} \
          min_conn={} max_conn={} max_gap_ms={:.0} secs={elapsed}",
         u8::from(valid),
         a.conns,
