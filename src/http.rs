@@ -144,12 +144,35 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Response body bytes, shared: a cached view is sent without copying it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Bytes(pub Arc<Vec<u8>>);
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(Arc::new(v))
+    }
+}
+
 /// What a handler returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 impl Response {
@@ -158,16 +181,16 @@ impl Response {
         Response {
             status,
             headers: vec![("Content-Type", "application/json".into())],
-            body: serde_json::to_vec(value).unwrap_or_default(),
+            body: serde_json::to_vec(value).unwrap_or_default().into(),
         }
     }
 
-    /// A JSON response from bytes that already hold JSON.
-    pub fn json_bytes(status: u16, body: Vec<u8>) -> Self {
+    /// A JSON response from shared bytes that already hold JSON (a cached view).
+    pub fn json_view(status: u16, body: Arc<Vec<u8>>) -> Self {
         Response {
             status,
             headers: vec![("Content-Type", "application/json".into())],
-            body,
+            body: Bytes(body),
         }
     }
 
@@ -264,13 +287,24 @@ fn respond(rq: tiny_http::Request, resp: Response) {
     let _ = rq.respond(r);
 }
 
+/// One line per request, formatted first and written with a single `write(2)` (`eprintln!`
+/// on unbuffered stderr issues one call per piece, ~10 per line).
 fn log_line(method: &str, path: &str, status: u16, started: Instant, extra: Option<&str>) {
-    let path: String = path.chars().take(MAX_LOGGED_PATH).collect();
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    match extra {
-        Some(e) => eprintln!("{method} {path} {status} {ms:.1}ms {e}"),
-        None => eprintln!("{method} {path} {status} {ms:.1}ms"),
+    let mut line = String::with_capacity(96);
+    let path_end = path
+        .char_indices()
+        .nth(MAX_LOGGED_PATH)
+        .map_or(path.len(), |(i, _)| i);
+    let _ = write!(line, "{method} {} {status} {ms:.1}ms", &path[..path_end]);
+    if let Some(e) = extra {
+        line.push(' ');
+        line.push_str(e);
     }
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Handles one tiny_http request end to end.

@@ -95,11 +95,19 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
             _ => not_allowed("GET"),
         },
         ["api", "internal", "settings"] => match m {
-            "GET" => ok(settings::get(
-                &app.store,
-                &user_id(req)?,
-                app.cfg.expose_secrets,
-            )?),
+            "GET" => {
+                let user = user_id(req)?;
+                let view = app.views.get_or_build(
+                    &app.store,
+                    &format!("settings/{user}"),
+                    &[settings::SETTINGS_FILE],
+                    || {
+                        settings::get(&app.store, &user, app.cfg.expose_secrets)
+                            .map(|v| to_bytes(&v))
+                    },
+                )?;
+                Ok(Response::json_view(200, view))
+            }
             "PATCH" => {
                 let user = user_id(req)?;
                 let body = req.json()?;
@@ -184,7 +192,7 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
                     &[repos::REPOS_FILE, settings::SETTINGS_FILE],
                     || repos::list(&app.store, &app.repo_paths, &user).map(|v| to_bytes(&v)),
                 )?;
-                Ok(Response::json_bytes(200, view.to_vec()))
+                Ok(Response::json_view(200, view))
             }
             _ => not_allowed("GET"),
         },

@@ -94,6 +94,10 @@ pub struct Store {
     slots: Mutex<HashMap<String, SharedSlot>>,
 }
 
+/// Writes one flock session may carry before it stops taking newcomers and releases the lock,
+/// so a busy process cannot keep another one from writing the same file.
+const MAX_BATCHES_PER_SESSION: u32 = 8;
+
 /// A file's slot and the condition its waiters sleep on.
 type SharedSlot = Arc<(Mutex<Slot>, Condvar)>;
 
@@ -107,6 +111,10 @@ struct Slot {
     session: Option<Session>,
     opening: bool,
     writing: bool,
+    /// The session takes no newcomers (see [`MAX_BATCHES_PER_SESSION`]).
+    draining: bool,
+    /// Writes done in the current session.
+    batches: u32,
     generation: u64,
     committed: u64,
     failures: Vec<(u64, u64, io::ErrorKind, String)>,
@@ -247,12 +255,14 @@ impl Store {
         let slot = self.slot(file);
         let (lock, cv) = &*slot;
         let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-        // 1. Join the open session, or open one (flock + read + decode).
+        // 1. Join the open session, or open one (flock + read + decode). A session that has
+        //    carried MAX_BATCHES_PER_SESSION writes takes no newcomers: it drains and releases
+        //    the flock, so another process gets its turn.
         loop {
-            if st.session.is_some() {
+            if st.session.is_some() && !st.draining {
                 break;
             }
-            if !st.opening {
+            if st.session.is_none() && !st.opening {
                 st.opening = true;
                 drop(st);
                 let opened = self.open_session::<T>(file);
@@ -262,6 +272,7 @@ impl Store {
                 match opened {
                     Ok(session) => {
                         st.session = Some(session);
+                        st.batches = 0;
                         break;
                     }
                     Err(e) => return Err(e.into()),
@@ -297,54 +308,59 @@ impl Store {
         session.value = Box::new(work);
         st.generation += 1;
         let mine = st.generation;
-        // 3. Write (if nobody is writing) or wait for the write that carries generation `mine`.
-        if !st.writing {
+        // 3. Until generation `mine` is written: write one batch when nobody is writing (it
+        //    carries every change made so far), else wait. After its batch a writer hands the
+        //    role on, so no caller keeps writing for others while its own answer waits.
+        while st.committed < mine {
+            if st.writing {
+                st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             st.writing = true;
-            while st.committed < st.generation {
-                let target = st.generation;
-                let session = st
-                    .session
-                    .as_ref()
-                    .expect("a session is open while writing");
-                let bytes = (session.encode)(session.value.as_ref());
-                let unchanged = session.on_disk.as_deref() == Some(&bytes[..]);
-                drop(st);
-                let written = if unchanged {
-                    Ok(())
-                } else {
-                    write_atomic(&self.path(file), &bytes, STATE_FILE_MODE)
-                };
-                st = lock.lock().unwrap_or_else(|p| p.into_inner());
-                match written {
-                    Ok(()) => {
-                        st.committed = target;
-                        if let Some(s) = st.session.as_mut() {
-                            s.on_disk = Some(bytes);
-                        }
+            let target = st.generation;
+            let session = st
+                .session
+                .as_ref()
+                .expect("a session is open while changes are pending");
+            let bytes = (session.encode)(session.value.as_ref());
+            let unchanged = session.on_disk.as_deref() == Some(&bytes[..]);
+            drop(st);
+            let written = if unchanged {
+                Ok(())
+            } else {
+                write_atomic(&self.path(file), &bytes, STATE_FILE_MODE)
+            };
+            st = lock.lock().unwrap_or_else(|p| p.into_inner());
+            st.writing = false;
+            match written {
+                Ok(()) => {
+                    st.committed = target;
+                    st.batches += 1;
+                    if let Some(s) = st.session.as_mut() {
+                        s.on_disk = Some(bytes);
                     }
-                    Err(e) => {
-                        // Everything not yet durable is lost with the session: report it to
-                        // every waiter of those generations and re-read the file next time.
-                        let from = st.committed + 1;
-                        let to = st.generation;
-                        st.failures.push((from, to, e.kind(), e.to_string()));
-                        if st.failures.len() > MAX_REMEMBERED_FAILURES {
-                            st.failures.remove(0);
-                        }
-                        st.committed = to;
-                        st.session = None;
+                    if st.batches >= MAX_BATCHES_PER_SESSION {
+                        st.draining = true;
                     }
                 }
-                cv.notify_all();
+                Err(e) => {
+                    // Everything not yet durable is lost with the session: report it to every
+                    // waiter of those generations and re-read the file next time.
+                    let (from, to) = (st.committed + 1, st.generation);
+                    st.failures.push((from, to, e.kind(), e.to_string()));
+                    if st.failures.len() > MAX_REMEMBERED_FAILURES {
+                        st.failures.remove(0);
+                    }
+                    st.committed = to;
+                    st.session = None;
+                }
             }
-            st.writing = false;
-            // Release the flock: other processes get their turn, and the next session re-reads.
-            st.session = None;
+            if st.committed == st.generation {
+                // Nothing pending: release the flock; the next session re-reads the file.
+                st.session = None;
+                st.draining = false;
+            }
             cv.notify_all();
-        } else {
-            while st.committed < mine {
-                st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
         }
         match st
             .failures
@@ -386,6 +402,7 @@ impl Store {
     fn finish_if_idle(&self, st: &mut Slot, cv: &Condvar) {
         if !st.writing && st.committed == st.generation {
             st.session = None;
+            st.draining = false;
             cv.notify_all();
         }
     }
