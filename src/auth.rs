@@ -150,9 +150,24 @@ impl TokenStore {
     /// Checks an `Authorization` header value. Returns the token on success (the rate-limit key).
     pub fn check(&self, header: Option<&str>) -> Option<String> {
         let presented = presented_secret(header?)?;
-        let expected = self.current();
-        (!expected.is_empty() && ct_eq(presented.as_bytes(), expected.as_bytes()))
-            .then_some(expected)
+        match (&self.fixed, &self.source) {
+            (Some(t), _) => ct_eq(presented.as_bytes(), t.as_bytes()).then(|| t.clone()),
+            (None, Source::File { path, stamp: cell }) => {
+                // The common case compares under the read lock, without copying the token.
+                let now = stamp(path).ok();
+                {
+                    let g = cell.read().unwrap_or_else(|p| p.into_inner());
+                    if now.is_none() || now == Some(g.0) {
+                        let ok = !g.1.is_empty() && ct_eq(presented.as_bytes(), g.1.as_bytes());
+                        return ok.then(|| g.1.clone());
+                    }
+                }
+                let expected = self.current();
+                (!expected.is_empty() && ct_eq(presented.as_bytes(), expected.as_bytes()))
+                    .then_some(expected)
+            }
+            (None, Source::Fixed) => None,
+        }
     }
 }
 
