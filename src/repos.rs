@@ -122,22 +122,66 @@ impl Repo {
 
     /// The wire object: the stored fields plus `fullPath`.
     pub fn to_wire(&self, paths: &RepoPaths) -> Value {
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            let full = self.full_path(paths).to_string_lossy().into_owned();
-            // Keep the documented key order: fullPath right after localPath.
-            let mut out = serde_json::Map::new();
-            for (k, val) in std::mem::take(m) {
-                let is_local = k == "localPath";
-                out.insert(k, val);
-                if is_local {
-                    out.insert("fullPath".into(), Value::String(full.clone()));
-                }
-            }
-            *m = out;
-        }
-        v
+        serde_json::to_value(self.wire(paths)).unwrap_or(Value::Null)
     }
+
+    /// The wire shape, borrowed: serialised straight to bytes, with no `Value` tree between.
+    fn wire<'a>(&'a self, paths: &RepoPaths) -> WireRepo<'a> {
+        WireRepo {
+            id: self.id,
+            name: self.name.as_deref(),
+            repo_url: self.repo_url.as_deref(),
+            local_path: &self.local_path,
+            full_path: self.full_path(paths).to_string_lossy().into_owned(),
+            source_path: self.source_path.as_deref(),
+            branch: self.branch.as_deref(),
+            default_branch: self.default_branch.as_deref(),
+            clone_status: &self.clone_status,
+            cloned_at: self.cloned_at,
+            last_pulled: self.last_pulled,
+            last_accessed_at: self.last_accessed_at,
+            open_code_config_name: self.open_code_config_name.as_deref(),
+            is_worktree: self.is_worktree,
+            is_local: self.is_local,
+        }
+    }
+}
+
+/// A repo on the wire: [`Repo`]'s fields in the documented order, `fullPath` right after
+/// `localPath`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRepo<'a> {
+    id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repo_url: Option<&'a str>,
+    local_path: &'a str,
+    full_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    branch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_branch: Option<&'a str>,
+    clone_status: &'a str,
+    cloned_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_pulled: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_accessed_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_code_config_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_not_true")]
+    is_worktree: Option<bool>,
+    #[serde(skip_serializing_if = "is_not_true")]
+    is_local: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct WireList<'a> {
+    repos: Vec<WireRepo<'a>>,
 }
 
 fn basename(p: &str) -> Option<String> {
@@ -234,13 +278,15 @@ fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
-/// `GET /api/internal/repos`: `{"repos":[…]}` for `user`.
-pub fn list(store: &Store, paths: &RepoPaths, user: &str) -> Result<Value, StoreError> {
+/// `GET /api/internal/repos`: `{"repos":[…]}` for `user`, as JSON bytes.
+pub fn list(store: &Store, paths: &RepoPaths, user: &str) -> Result<Vec<u8>, StoreError> {
     let mut repos = load(store)?;
     repos.push(Repo::assistant(paths));
     let ordered = order(repos, &repo_order_of(store, user));
-    let items: Vec<Value> = ordered.iter().map(|r| r.to_wire(paths)).collect();
-    Ok(serde_json::json!({ "repos": items }))
+    let list = WireList {
+        repos: ordered.iter().map(|r| r.wire(paths)).collect(),
+    };
+    Ok(serde_json::to_vec(&list).unwrap_or_default())
 }
 
 /// The schedules domain's view of repos (ids other than 0).

@@ -190,7 +190,7 @@ fn route(app: &App, req: &Request) -> Result<Response, ApiError> {
                     &app.store,
                     &format!("repos/{user}"),
                     &[repos::REPOS_FILE, settings::SETTINGS_FILE],
-                    || repos::list(&app.store, &app.repo_paths, &user).map(|v| to_bytes(&v)),
+                    || repos::list(&app.store, &app.repo_paths, &user),
                 )?;
                 Ok(Response::json_view(200, view))
             }
