@@ -29,7 +29,7 @@ Options (flag > environment > default):
   --workers N          ASSISTANTD_WORKERS                   default sized for the machine
   --expose-secrets     return secrets from GET/PATCH settings instead of \"[redacted]\"
   --allow-private-push-endpoints   accept http:// and internal hosts as push endpoints (offline tests)
-  --force              (init) rewrite managed workspace files, even edited ones
+  --force              (init) rewrite the skills, even edited ones
 
 Environment only: OPENCODE_SERVER_USERNAME (default opencode), OPENCODE_SERVER_PASSWORD,
 VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY, VAPID_SUBJECT, ASSISTANTD_TOKEN.

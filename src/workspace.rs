@@ -23,8 +23,10 @@
 //!    string without whitespace, the same at every placeholder); this recognises a file
 //!    generated for another port even when the manifest was lost or the workspace copied.
 //!
-//! Anything else was edited by a person: it is kept and a warning is returned, unless `force`
-//! (`init --force`) asks to replace it. Unchanged files are not rewritten (same inode and
+//! Anything else was edited by a person: it is kept and a warning is returned. `force`
+//! (`init --force`) replaces an edited skill, never an edited `AGENTS.md` or `assistant.md`:
+//! the contract creates those two only when missing, and the persona is where the agent keeps
+//! the user's lasting preferences, so no flag throws them away (delete the file instead). Unchanged files are not rewritten (same inode and
 //! mtime), so a restart with the same port touches nothing.
 
 use crate::store::write_atomic;
@@ -62,6 +64,9 @@ pub const SKILLS: [&str; 4] = [
 struct Template {
     path: &'static str,
     text: &'static str,
+    /// Whether `init --force` replaces a copy a person edited (the skills), or not even that
+    /// (`AGENTS.md` and the persona: the user's own words).
+    force_replaces: bool,
 }
 
 /// Every managed file, in write order.
@@ -69,26 +74,32 @@ const TEMPLATES: [Template; 6] = [
     Template {
         path: "AGENTS.md",
         text: include_str!("workspace/AGENTS.md"),
+        force_replaces: false,
     },
     Template {
         path: ".opencode/agents/assistant.md",
         text: include_str!("workspace/assistant.md"),
+        force_replaces: false,
     },
     Template {
         path: ".opencode/skills/schedule-management/SKILL.md",
         text: include_str!("workspace/skills/schedule-management.md"),
+        force_replaces: true,
     },
     Template {
         path: ".opencode/skills/notifications/SKILL.md",
         text: include_str!("workspace/skills/notifications.md"),
+        force_replaces: true,
     },
     Template {
         path: ".opencode/skills/manager-settings/SKILL.md",
         text: include_str!("workspace/skills/manager-settings.md"),
+        force_replaces: true,
     },
     Template {
         path: ".opencode/skills/repo-management/SKILL.md",
         text: include_str!("workspace/skills/repo-management.md"),
+        force_replaces: true,
     },
 ];
 
@@ -345,10 +356,17 @@ fn sync_managed(
             return Ok(None);
         }
         Some(bytes) if manifest.contains(t.path, &bytes) || is_rendering_of(t.text, &bytes) => None,
-        Some(_) if force => Some(format!(
+        Some(_) if force && t.force_replaces => Some(format!(
             "workspace: replaced {} although it was edited by hand (--force)",
             t.path
         )),
+        Some(_) if !t.force_replaces => {
+            return Ok(Some(format!(
+                "workspace: kept {} because it was edited by hand; \
+                 delete it to get the generated version",
+                t.path
+            )))
+        }
         Some(_) => {
             return Ok(Some(format!(
                 "workspace: kept {} because it was edited by hand; \
@@ -562,6 +580,13 @@ mod tests {
         )
     }
 
+    fn kept_for_good_warning(rel: &str) -> String {
+        format!(
+            "workspace: kept {rel} because it was edited by hand; \
+             delete it to get the generated version"
+        )
+    }
+
     #[test]
     fn fresh_provision_writes_every_file_with_exact_modes() {
         let t = TempDir::new("fresh");
@@ -748,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn edited_agents_md_and_persona_are_kept() {
+    fn edited_agents_md_and_persona_are_kept_even_by_force() {
         let t = TempDir::new("persona");
         let cfg = t.cfg(BASE_5003);
         provision(&cfg, TOKEN, false).unwrap();
@@ -757,12 +782,26 @@ mod tests {
         text.push_str("- Answer in German.\n");
         fs::write(cfg.dir.join(persona), &text).unwrap();
         fs::write(cfg.dir.join("AGENTS.md"), "# My notes\n").unwrap();
-        assert_eq!(
-            provision(&cfg, TOKEN, false).unwrap(),
-            vec![kept_warning("AGENTS.md"), kept_warning(persona)]
-        );
+        let kept = vec![
+            kept_for_good_warning("AGENTS.md"),
+            kept_for_good_warning(persona),
+        ];
+        assert_eq!(provision(&cfg, TOKEN, false).unwrap(), kept);
         assert_eq!(read(&cfg.dir, persona), text);
         assert_eq!(read(&cfg.dir, "AGENTS.md"), "# My notes\n");
+        // Not even --force (the user's own words); a deleted one comes back as generated.
+        assert_eq!(provision(&cfg, TOKEN, true).unwrap(), kept);
+        assert_eq!(read(&cfg.dir, persona), text);
+        assert_eq!(read(&cfg.dir, "AGENTS.md"), "# My notes\n");
+        fs::remove_file(cfg.dir.join("AGENTS.md")).unwrap();
+        assert_eq!(
+            provision(&cfg, TOKEN, true).unwrap(),
+            vec![kept_for_good_warning(persona)]
+        );
+        assert_eq!(
+            read(&cfg.dir, "AGENTS.md"),
+            include_str!("workspace/AGENTS.md")
+        );
     }
 
     #[test]
