@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `title`: 1..=120 UTF-16 code units.
 pub const MAX_TITLE_LEN: usize = 120;
@@ -62,6 +62,13 @@ pub const REASON_SNIPPET_CHARS: usize = 200;
 pub const RETRY_AFTER_CHARS: usize = 64;
 /// Most pushes in flight at once for one fan-out (threads per call).
 pub const MAX_PARALLEL_SENDS: usize = 16;
+/// Deadline of a whole fan-out, as a multiple of the per-push deadline: with more stuck push
+/// services than [`MAX_PARALLEL_SENDS`], the pushes queued behind them get what is left, and
+/// one send call never takes longer than this (20 s in production), whatever the devices do.
+pub const FANOUT_DEADLINE_FACTOR: u32 = 2;
+/// A push is not started with less time left than this (or half the per-push deadline, if
+/// that is shorter): it fails as not sent instead of being cut off halfway.
+pub const MIN_PUSH_TIME: Duration = Duration::from_secs(1);
 
 /// `priority` of a notification → the `Urgency` header (RFC 8030 §5.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -457,10 +464,12 @@ pub fn classify_push_response(
 /// re-send the message elsewhere); no proxy (the environment's `HTTP(S)_PROXY` is ignored:
 /// push traffic goes straight to the push service, and a proxy meant for other tools must not
 /// silently see it); rustls with the webpki roots; [`CONNECT_TIMEOUT`] and an overall deadline
-/// ([`SEND_TIMEOUT`] by default) per push.
+/// ([`SEND_TIMEOUT`] by default) per push, and [`FANOUT_DEADLINE_FACTOR`] times that for a
+/// whole fan-out.
 #[derive(Debug, Clone)]
 pub struct PushClient {
     agent: ureq::Agent,
+    per_push: Duration,
 }
 
 impl Default for PushClient {
@@ -490,7 +499,15 @@ impl PushClient {
             .user_agent(concat!("assistantd/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        PushClient { agent }
+        PushClient {
+            agent,
+            per_push: deadline,
+        }
+    }
+
+    /// How long one whole fan-out may take.
+    pub fn fanout_deadline(&self) -> Duration {
+        self.per_push * FANOUT_DEADLINE_FACTOR
     }
 
     pub fn agent(&self) -> &ureq::Agent {
@@ -498,9 +515,13 @@ impl PushClient {
     }
 }
 
-/// POSTs one push and classifies the answer.
-fn send_one(agent: &ureq::Agent, req: &PushRequest) -> PushOutcome {
-    let mut builder = agent.post(req.url.as_str());
+/// POSTs one push within `timeout` and classifies the answer.
+fn send_one(agent: &ureq::Agent, req: &PushRequest, timeout: Duration) -> PushOutcome {
+    let mut builder = agent
+        .post(req.url.as_str())
+        .config()
+        .timeout_global(Some(timeout))
+        .build();
     for (name, value) in &req.headers {
         builder = builder.header(*name, value.as_str());
     }
@@ -535,16 +556,26 @@ fn send_one(agent: &ureq::Agent, req: &PushRequest) -> PushOutcome {
     classify_push_response(status, &headers, &body)
 }
 
-/// Builds and sends one push; local failures (bad stored keys) become failed outcomes.
+/// Builds and sends one push before `deadline` (the fan-out's); local failures (bad stored
+/// keys) and a deadline too close to start become failed outcomes.
 fn push_to(
-    agent: &ureq::Agent,
+    client: &PushClient,
+    deadline: Instant,
     vapid: &VapidKeys,
     sub: &Subscription,
     payload: &[u8],
     opts: &SendOptions,
 ) -> Delivery {
+    let left = deadline.saturating_duration_since(Instant::now());
     let outcome = match build_push_request(sub, payload, vapid, opts) {
-        Ok(req) => send_one(agent, &req),
+        Ok(_) if left < MIN_PUSH_TIME.min(client.per_push / 2) => PushOutcome::Failed {
+            status: None,
+            retry_after: None,
+            reason: "not sent: the send's overall deadline passed while other push services \
+                     were not answering"
+                .into(),
+        },
+        Ok(req) => send_one(&client.agent, &req, left.min(client.per_push)),
         Err(e) => PushOutcome::Failed {
             status: None,
             retry_after: None,
@@ -560,8 +591,8 @@ fn push_to(
 
 /// Sends `payload` to every subscription in parallel (at most [`MAX_PARALLEL_SENDS`] at a
 /// time) and waits for all. One [`Delivery`] per subscription, in the order given. Each push
-/// is bounded by the client's deadline, so the whole call takes at most about
-/// ⌈n / MAX_PARALLEL_SENDS⌉ deadlines.
+/// is bounded by the client's per-push deadline and the whole call by
+/// [`PushClient::fanout_deadline`].
 pub fn send_all(
     client: &PushClient,
     vapid: &VapidKeys,
@@ -570,7 +601,7 @@ pub fn send_all(
     opts: &SendOptions,
 ) -> Vec<Delivery> {
     crypto::init();
-    let agent = client.agent();
+    let deadline = Instant::now() + client.fanout_deadline();
     let next = AtomicUsize::new(0);
     let workers = subs.len().min(MAX_PARALLEL_SENDS);
     let mut slots: Vec<Option<Delivery>> = vec![None; subs.len()];
@@ -582,7 +613,7 @@ pub fn send_all(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(sub) = subs.get(i) else { break };
-                        done.push((i, push_to(agent, vapid, sub, payload, opts)));
+                        done.push((i, push_to(client, deadline, vapid, sub, payload, opts)));
                     }
                     done
                 })
@@ -1005,6 +1036,41 @@ mod tests {
         for s in [301, 400, 401, 500, 502, 503, 418] {
             failed(s, &[], b"");
         }
+    }
+
+    #[test]
+    fn stuck_services_cannot_hold_a_fan_out_past_its_deadline() {
+        // A listener that never accepts: connects succeed (the kernel's backlog), answers never
+        // come. 100 devices behind it with a 200 ms per-push deadline: without a fan-out bound
+        // that is 7 rounds of 16 (1.4 s); with it, two rounds and the rest failed unsent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let subs: Vec<Subscription> = (0..100)
+            .map(|i| sub(&format!("http://127.0.0.1:{port}/d{i}")))
+            .collect();
+        let client = PushClient::with_deadline(Duration::from_millis(200));
+        assert_eq!(client.fanout_deadline(), Duration::from_millis(400));
+        let started = Instant::now();
+        let out = send_all(&client, &vapid(), &subs, b"{}", &SendOptions::default());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        assert_eq!(out.len(), 100);
+        let reason = |d: &Delivery| match &d.outcome {
+            PushOutcome::Failed { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        let unsent = out
+            .iter()
+            .filter(|d| reason(d).starts_with("not sent: the send's overall deadline"))
+            .count();
+        let timed_out = out
+            .iter()
+            .filter(|d| reason(d).starts_with("no response"))
+            .count();
+        assert_eq!(unsent + timed_out, 100);
+        assert!(timed_out >= MAX_PARALLEL_SENDS, "{timed_out}");
+        assert!(unsent >= 100 - 3 * MAX_PARALLEL_SENDS, "{unsent}");
+        drop(listener);
     }
 
     #[test]
