@@ -177,8 +177,17 @@ impl App {
         }
         let tokens = match &cfg.fixed_token {
             Some(t) => TokenStore::fixed(t.clone()),
-            None => TokenStore::from_file(cfg.state_dir.join(TOKEN_FILE))
-                .map_err(|e| format!("token file: {e}"))?,
+            None => {
+                let workspace = cfg.workspace.clone();
+                TokenStore::from_file(cfg.state_dir.join(TOKEN_FILE))
+                    .map_err(|e| format!("token file: {e}"))?
+                    .on_change(Box::new(move |t| {
+                        match crate::workspace::write_token(&workspace, t) {
+                            Ok(()) => eprintln!("token rotated; workspace copy updated"),
+                            Err(e) => eprintln!("warning: token rotated, but the workspace copy in {} could not be written: {e}", workspace.display()),
+                        }
+                    }))
+            }
         };
         let started = crate::util::now_ms();
         let repo_paths = RepoPaths {

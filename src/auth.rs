@@ -94,11 +94,23 @@ fn stamp(path: &Path) -> io::Result<Stamp> {
     Ok((m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
 }
 
+/// Called with the new token after the token file changed and was re-read.
+pub type OnChange = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The expected token, re-read when the token file changes.
-#[derive(Debug)]
 pub struct TokenStore {
     fixed: Option<String>,
     source: Source,
+    on_change: Option<OnChange>,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("fixed", &self.fixed.as_ref().map(|_| "[redacted]"))
+            .field("on_change", &self.on_change.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenStore {
@@ -107,6 +119,7 @@ impl TokenStore {
         TokenStore {
             fixed: Some(token),
             source: Source::Fixed,
+            on_change: None,
         }
     }
 
@@ -120,7 +133,15 @@ impl TokenStore {
                 path,
                 stamp: RwLock::new((st, token)),
             },
+            on_change: None,
         })
+    }
+
+    /// Runs `f` with the new token whenever a rotation is noticed (the server keeps its own
+    /// workspace copy in step with it, whatever paths the rotating command was given).
+    pub fn on_change(mut self, f: OnChange) -> Self {
+        self.on_change = Some(f);
+        self
     }
 
     /// The current expected token.
@@ -139,7 +160,11 @@ impl TokenStore {
                 // token (rotation writes atomically, so this is only a hand-edit mistake).
                 let mut g = cell.write().unwrap_or_else(|p| p.into_inner());
                 if let (Some(st), Ok(t)) = (now, read_token_file(path)) {
+                    let changed = t != g.1;
                     *g = (st, t);
+                    if let (true, Some(f)) = (changed, &self.on_change) {
+                        f(&g.1);
+                    }
                 }
                 g.1.clone()
             }
@@ -234,5 +259,29 @@ mod tests {
         crate::store::write_atomic(&p, t2.as_bytes(), 0o600).unwrap();
         assert_eq!(s.current(), t2);
         assert!(s.check(Some(&format!("Bearer {T}"))).is_none());
+    }
+
+    #[test]
+    fn a_noticed_rotation_runs_the_hook_once_per_new_token() {
+        let dir = std::env::temp_dir().join(format!("assistantd-auth-hook-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("internal-token");
+        fs::write(&p, T).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = seen.clone();
+        let s = TokenStore::from_file(p.clone())
+            .unwrap()
+            .on_change(Box::new(move |t| log.lock().unwrap().push(t.to_string())));
+        assert!(s.check(Some(&format!("Bearer {T}"))).is_some());
+        assert!(seen.lock().unwrap().is_empty(), "no change, no call");
+        let t2 = generate_token();
+        crate::store::write_atomic(&p, t2.as_bytes(), 0o600).unwrap();
+        assert!(s.check(Some(&format!("Bearer {t2}"))).is_some());
+        assert!(s.check(Some(&format!("Bearer {t2}"))).is_some());
+        // Same bytes rewritten (new inode): re-read, but not a new token.
+        crate::store::write_atomic(&p, t2.as_bytes(), 0o600).unwrap();
+        assert!(s.check(Some(&format!("Bearer {t2}"))).is_some());
+        assert_eq!(*seen.lock().unwrap(), vec![t2]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -392,6 +392,47 @@ fn token_rotation_takes_effect_without_restart() {
 }
 
 #[test]
+fn rotation_updates_the_servers_own_workspace_copy() {
+    // The server runs with its own --workspace; `token rotate` is given only --state, so it
+    // writes the copy in the default workspace. The server's agent must not be locked out.
+    let d = TempDir::new("rotate-ws");
+    let state = d.join("state");
+    let ws = d.join("elsewhere/assistant");
+    let s = TestServer::start(&state, &["--workspace", ws.to_str().unwrap()], &[]);
+    let ws_token = ws.join(".opencode/internal-token");
+    assert_eq!(std::fs::read_to_string(&ws_token).unwrap(), s.token());
+    let (code, out, _) = run_cli(
+        &["token", "rotate", "--state", state.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0);
+    let new = out.trim().to_string();
+    assert_ne!(std::fs::read_to_string(&ws_token).unwrap(), new);
+    // The first request after the rotation is what the server notices it by.
+    let auth = format!("Bearer {new}");
+    let r = http(
+        "GET",
+        &s.url("/api/internal/repos"),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(std::fs::read_to_string(&ws_token).unwrap(), new);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&ws_token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .log_text()
+            .contains("token rotated; workspace copy updated")),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
 fn fixed_token_from_env() {
     let d = TempDir::new("fixed");
     let state = d.join("state");
