@@ -146,6 +146,15 @@ fn send_delivers_to_every_device_and_the_receiver_decrypts_it() {
     assert_eq!(msgs[0]["headers"]["urgency"], "high");
     assert_eq!(msgs[0]["headers"]["topic"].as_str().unwrap().len(), 32);
     assert_eq!(msgs[0]["vapid"]["ok"], true);
+    // Stored and sent byte for byte: the query's escapes are untouched.
+    assert!(ok["endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("/push/ok?k=%2Fx%3d&y=%7E1"));
+    assert_eq!(
+        format!("{}{}", rx.origin, msgs[0]["path"].as_str().unwrap()),
+        ok["endpoint"].as_str().unwrap()
+    );
     // The 410 device was removed, the 500 one kept.
     let subs = s
         .call("GET", "/api/notifications/subscriptions", None)

@@ -195,7 +195,8 @@ class Handler(BaseHTTPRequestHandler):
             with state["lock"]:
                 state["devices"][name] = device
             self.reply_json(200, {
-                "endpoint": f"{state['origin']}/push/{name}",
+                # A query with escapes in both cases: the sender must use the URL byte for byte.
+                "endpoint": f"{state['origin']}/push/{name}?k=%2Fx%3d&y=%7E1",
                 "p256dh": b64u(device.public),
                 "auth": b64u(device.auth),
             })
