@@ -362,3 +362,114 @@ fn subscription_inputs_are_checked() {
         (404, json!({"error": "No push subscriptions registered"}))
     );
 }
+
+/// SLOW (about 10 s: the production per-push deadline). Every scripted answer, through the
+/// binary: counts, which subscriptions remain (only 404/410 go), `lastUsedAt` set on the
+/// delivered ones only, every push decrypted and its JWT verified by the receiver, and a
+/// hanging push service costing no more than its own deadline.
+#[test]
+fn send_every_status_through_the_binary_slow() {
+    let rx = Receiver::start();
+    let (_d, s) = start("push-matrix", &["--allow-private-push-endpoints"]);
+    let scripts = [
+        ("s201", "status=201"),
+        ("s202", "status=202"),
+        ("s200", "status=200"),
+        ("s404", "status=404"),
+        ("s410", "status=410"),
+        ("s400", "status=400"),
+        ("s403", "status=403"),
+        ("s413", "status=413"),
+        ("s429", "status=429&retry_after=120"),
+        ("s500", "status=500"),
+        ("hang", "status=201&hang_secs=60"),
+    ];
+    let mut endpoints = std::collections::HashMap::new();
+    for (name, script) in scripts {
+        let dev = rx.device(name, script);
+        assert_eq!(subscribe(&s, &dev).status, 200, "{name}");
+        endpoints.insert(name, dev["endpoint"].as_str().unwrap().to_string());
+    }
+    let used = |s: &TestServer| -> Vec<(String, u64)> {
+        let subs = s
+            .call("GET", "/api/notifications/subscriptions", None)
+            .json();
+        let mut v: Vec<(String, u64)> = subs["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                let e = x["endpoint"].as_str().unwrap();
+                let name = e.split("/push/").nth(1).unwrap().split('?').next().unwrap();
+                (name.to_string(), x["lastUsedAt"].as_u64().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before: std::collections::HashMap<String, u64> = used(&s).into_iter().collect();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let body = r#"{"title":"Matrix","body":"every status","tag":"matrix"}"#;
+    let t0 = std::time::Instant::now();
+    let r = s.call("POST", "/api/internal/notifications/send", Some(body));
+    let took = t0.elapsed();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!({"delivered": 3, "expired": 2, "failed": 6, "noSubscriptions": false})
+    );
+    // The hang costs its own 10 s deadline, not more.
+    assert!(took < std::time::Duration::from_secs(13), "{took:?}");
+    let vapid: Value =
+        serde_json::from_slice(&std::fs::read(s.state.join("vapid.json")).unwrap()).unwrap();
+    for (name, _) in scripts {
+        let got = rx.received(name);
+        assert_eq!(got.len(), 1, "{name} got {} pushes", got.len());
+        let m = &got[0];
+        let payload: Value = serde_json::from_slice(&plaintext(m)).unwrap();
+        assert_eq!(payload["title"], "Matrix", "{name}");
+        assert_eq!(m["records"], 1, "{name}: one aes128gcm record");
+        let h = &m["headers"];
+        assert_eq!(h["content-encoding"], "aes128gcm", "{name}");
+        assert_eq!(h["content-type"], "application/octet-stream", "{name}");
+        assert_eq!(h["ttl"], "86400", "{name}");
+        assert_eq!(h["urgency"], "normal", "{name}");
+        assert_eq!(h["topic"].as_str().unwrap().len(), 32, "{name}");
+        assert_eq!(m["vapid"]["ok"], true, "{name}: {}", m["vapid"]);
+        assert_eq!(m["vapid"]["claims"]["aud"], rx.origin.as_str());
+        assert_eq!(m["vapid"]["claims"]["sub"], vapid["subject"]);
+        assert_eq!(m["vapid"]["k"], vapid["publicKey"]);
+        assert_eq!(
+            format!("{}{}", rx.origin, m["path"].as_str().unwrap()),
+            endpoints[name]
+        );
+    }
+    // Failures are logged with the service's reason (WNS puts it in headers, 429 its wait).
+    let log = s.log_text();
+    assert!(log.contains("Invalid VAPID token"), "{log}");
+    assert!(log.contains("120"), "{log}");
+    assert_eq!(log.matches("push: subscription ").count(), 6, "{log}");
+    // Only 404/410 are gone; lastUsedAt moved on the delivered ones only.
+    let left: Vec<(String, bool)> = used(&s)
+        .into_iter()
+        .map(|(name, at)| {
+            let moved = at > before[&name];
+            (name, moved)
+        })
+        .collect();
+    let want: Vec<(String, bool)> = [
+        ("hang", false),
+        ("s200", true),
+        ("s201", true),
+        ("s202", true),
+        ("s400", false),
+        ("s403", false),
+        ("s413", false),
+        ("s429", false),
+        ("s500", false),
+    ]
+    .iter()
+    .map(|(n, used)| (n.to_string(), *used))
+    .collect();
+    assert_eq!(left, want);
+}
