@@ -28,8 +28,8 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 pub(crate) const PASSWORD: &str = "schedules-test-pw";
 
-const FAST_TEXT: &str = "Fake answer: all good";
-const SLOW_TEXT: &str = "Slow answer: done";
+pub(crate) const FAST_TEXT: &str = "Fake answer: all good";
+pub(crate) const SLOW_TEXT: &str = "Slow answer: done";
 
 // ---------------------------------------------------------------------------------------------
 // A fake OpenAI-compatible model: `POST /v1/chat/completions` answered with SSE chunks.
@@ -73,7 +73,7 @@ impl FakeModel {
         self.mode.store(mode, Ordering::SeqCst);
     }
 
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
 }
@@ -273,7 +273,7 @@ impl OpenCode {
         oc
     }
 
-    fn client(&self) -> opencode::Client {
+    pub(crate) fn client(&self) -> opencode::Client {
         opencode::Client::new(&self.url, opencode::DEFAULT_USERNAME, Some(PASSWORD))
     }
 }

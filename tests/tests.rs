@@ -12,4 +12,5 @@ mod fuzz;
 mod hardening;
 mod opencode_e2e;
 mod push_interop;
+mod schedules_http;
 mod schedules_opencode;

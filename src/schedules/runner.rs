@@ -1802,4 +1802,319 @@ mod tests {
         assert!(runs.iter().any(|r| r.id == last));
         assert!(!runs.iter().any(|r| r.id <= 3));
     }
+
+    // -----------------------------------------------------------------------------------------
+    // DST through the scheduler: jobs planned by create/update, fired by `claim_due` at the
+    // injected clock's time, 2026 changes in New York (Mar 8, Nov 1) and Berlin (Mar 29,
+    // Oct 25). Instants are asserted as RFC 3339 UTC plus the local wall time and offset.
+
+    /// Milliseconds of an RFC 3339 instant.
+    fn at(s: &str) -> i64 {
+        s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    /// `ms` as wall time in `tz`, e.g. `03:00-04:00`.
+    fn wall(ms: i64, tz: &str) -> String {
+        jiff::Timestamp::from_millisecond(ms)
+            .unwrap()
+            .in_tz(tz)
+            .unwrap()
+            .strftime("%H:%M%:z")
+            .to_string()
+    }
+
+    /// Drives job `id` through the scheduler's claim path `n` times. 1 ms before its
+    /// `nextRunAt` nothing is claimed and the scheduler is told to wake at that `nextRunAt`;
+    /// at it, exactly one scheduled run starts at exactly that instant and the job's new
+    /// `nextRunAt` is the wake-up time returned. Each run is finished before the next slot.
+    /// Returns `"<UTC> <wall time in tz>"` per firing.
+    fn fire_series(s: &Schedules, clock: &ManualClock, id: i64, tz: &str, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let due = job_next(s, id).expect("an enabled job has a nextRunAt");
+            clock.set(due - 1);
+            let (claims, next) = s.claim_due(s.now()).unwrap();
+            assert!(claims.is_empty(), "claimed early, before {}", iso(due));
+            assert_eq!(next, Some(due));
+            clock.set(due);
+            let (claims, next) = s.claim_due(s.now()).unwrap();
+            assert_eq!(claims.len(), 1, "not claimed at {}", iso(due));
+            let run = &claims[0].run;
+            assert_eq!(
+                (run.job_id, run.started_at, run.trigger_source),
+                (id, due, TriggerSource::Schedule)
+            );
+            assert_eq!(next, job_next(s, id));
+            s.finish(run.id, id, Finish::failed("x")).unwrap().unwrap();
+            out.push(format!("{} {}", iso(due), wall(due, tz)));
+        }
+        out
+    }
+
+    fn cron_job(s: &Schedules, expr: &str, tz: &str) -> i64 {
+        create(
+            s,
+            json!({"name": "c", "prompt": "p", "scheduleMode": "cron",
+                   "cronExpression": expr, "timezone": tz}),
+        )
+    }
+
+    fn interval_job(s: &Schedules, minutes: i64) -> i64 {
+        create(
+            s,
+            json!({"name": "i", "prompt": "p", "scheduleMode": "interval",
+                   "intervalMinutes": minutes}),
+        )
+    }
+
+    #[test]
+    fn dst_new_york_spring_forward_through_the_scheduler() {
+        let ny = "America/New_York";
+        let clock = Arc::new(ManualClock::new(at("2026-03-07T12:00:00Z")));
+        let s = service("dst-ny-spring", clock.clone());
+        // Daily 02:30: that time does not exist on Mar 8; it fires at the end of the gap.
+        let daily = cron_job(&s, "30 2 * * *", ny);
+        assert_eq!(
+            fire_series(&s, &clock, daily, ny, 3),
+            [
+                "2026-03-08T07:00:00.000Z 03:00-04:00",
+                "2026-03-09T06:30:00.000Z 02:30-04:00",
+                "2026-03-10T06:30:00.000Z 02:30-04:00",
+            ]
+        );
+        s.update_job(0, daily, &json!({"enabled": false})).unwrap();
+        // Every 30 minutes through the gap: 02:00, 02:30 and 03:00 collapse into one run.
+        clock.set(at("2026-03-08T06:10:00Z")); // 01:10 EST
+        let half = cron_job(&s, "*/30 * * * *", ny);
+        assert_eq!(
+            fire_series(&s, &clock, half, ny, 4),
+            [
+                "2026-03-08T06:30:00.000Z 01:30-05:00",
+                "2026-03-08T07:00:00.000Z 03:00-04:00",
+                "2026-03-08T07:30:00.000Z 03:30-04:00",
+                "2026-03-08T08:00:00.000Z 04:00-04:00",
+            ]
+        );
+        s.update_job(0, half, &json!({"enabled": false})).unwrap();
+        // Interval jobs are real minutes, not wall time: every 1440 min from 09:00 EST is
+        // 10:00 EDT after the change.
+        clock.set(at("2026-03-06T14:00:00Z")); // 09:00 EST
+        let day = interval_job(&s, 1440);
+        assert_eq!(
+            fire_series(&s, &clock, day, ny, 3),
+            [
+                "2026-03-07T14:00:00.000Z 09:00-05:00",
+                "2026-03-08T14:00:00.000Z 10:00-04:00",
+                "2026-03-09T14:00:00.000Z 10:00-04:00",
+            ]
+        );
+        // Re-enabled inside the gap (02:45 EST does not exist; the clock says 06:45Z =
+        // 01:45 EST): the next daily 02:30 is the end of the gap, 15 minutes later.
+        clock.set(at("2026-03-08T06:45:00Z"));
+        let u = s.update_job(0, daily, &json!({"enabled": true})).unwrap();
+        assert_eq!(u["job"]["nextRunAt"], at("2026-03-08T07:00:00Z"));
+        // Overdue across the change: down from Mar 8 06:50Z to Mar 9 12:00Z, one run at
+        // start, then the next 02:30 EDT.
+        clock.set(at("2026-03-09T12:00:00Z"));
+        let (claims, _) = s.claim_due(s.now()).unwrap();
+        let fired: Vec<(i64, i64)> = claims
+            .iter()
+            .map(|c| (c.run.job_id, c.run.started_at))
+            .collect();
+        assert_eq!(fired, [(daily, at("2026-03-09T12:00:00Z"))]);
+        assert_eq!(
+            iso(job_next(&s, daily).unwrap()),
+            "2026-03-10T06:30:00.000Z"
+        );
+    }
+
+    #[test]
+    fn dst_new_york_fall_back_through_the_scheduler() {
+        let ny = "America/New_York";
+        let clock = Arc::new(ManualClock::new(at("2026-10-31T12:00:00Z")));
+        let s = service("dst-ny-fall", clock.clone());
+        // Daily 01:30 happens twice on Nov 1: it fires once, at the first (EDT) one.
+        let daily = cron_job(&s, "30 1 * * *", ny);
+        assert_eq!(
+            fire_series(&s, &clock, daily, ny, 3),
+            [
+                "2026-11-01T05:30:00.000Z 01:30-04:00",
+                "2026-11-02T06:30:00.000Z 01:30-05:00",
+                "2026-11-03T06:30:00.000Z 01:30-05:00",
+            ]
+        );
+        s.update_job(0, daily, &json!({"enabled": false})).unwrap();
+        // Hourly through the fold: the repeated 01:00 (EST) does not fire again.
+        clock.set(at("2026-11-01T03:30:00Z")); // 23:30 EDT
+        let hourly = cron_job(&s, "@hourly", ny);
+        assert_eq!(
+            fire_series(&s, &clock, hourly, ny, 4),
+            [
+                "2026-11-01T04:00:00.000Z 00:00-04:00",
+                "2026-11-01T05:00:00.000Z 01:00-04:00",
+                "2026-11-01T07:00:00.000Z 02:00-05:00",
+                "2026-11-01T08:00:00.000Z 03:00-05:00",
+            ]
+        );
+        s.update_job(0, hourly, &json!({"enabled": false})).unwrap();
+        // An interval job runs in both passes of the repeated hour: real time is uniform.
+        clock.set(at("2026-11-01T04:30:00Z")); // 00:30 EDT
+        let every = interval_job(&s, 60);
+        assert_eq!(
+            fire_series(&s, &clock, every, ny, 3),
+            [
+                "2026-11-01T05:30:00.000Z 01:30-04:00",
+                "2026-11-01T06:30:00.000Z 01:30-05:00",
+                "2026-11-01T07:30:00.000Z 02:30-05:00",
+            ]
+        );
+        s.update_job(0, every, &json!({"enabled": false})).unwrap();
+        // Re-enabled during the first 01:xx (EDT) after 01:30: the next daily 01:30 is
+        // tomorrow's, not the repeat an hour later.
+        clock.set(at("2026-11-01T05:45:00Z")); // 01:45 EDT
+        let u = s.update_job(0, daily, &json!({"enabled": true})).unwrap();
+        assert_eq!(u["job"]["nextRunAt"], at("2026-11-02T06:30:00Z"));
+        // A scheduled hourly run claimed late, inside the second pass (01:20 EST): the next
+        // slot is 02:00 EST, not another 01:xx.
+        clock.set(at("2026-11-01T04:50:00Z"));
+        s.update_job(0, hourly, &json!({"enabled": true})).unwrap();
+        assert_eq!(
+            iso(job_next(&s, hourly).unwrap()),
+            "2026-11-01T05:00:00.000Z"
+        );
+        clock.set(at("2026-11-01T06:20:00Z"));
+        let (claims, next) = s.claim_due(s.now()).unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].run.job_id, hourly);
+        assert_eq!(
+            iso(job_next(&s, hourly).unwrap()),
+            "2026-11-01T07:00:00.000Z"
+        );
+        assert_eq!(next, Some(at("2026-11-01T07:00:00Z")));
+    }
+
+    #[test]
+    fn dst_berlin_spring_forward_through_the_scheduler() {
+        let berlin = "Europe/Berlin";
+        let clock = Arc::new(ManualClock::new(at("2026-03-27T12:00:00Z")));
+        let s = service("dst-berlin-spring", clock.clone());
+        // 02:30 does not exist on Mar 29 (02:00 CET → 03:00 CEST at 01:00Z).
+        let daily = cron_job(&s, "30 2 * * *", berlin);
+        assert_eq!(
+            fire_series(&s, &clock, daily, berlin, 3),
+            [
+                "2026-03-28T01:30:00.000Z 02:30+01:00",
+                "2026-03-29T01:00:00.000Z 03:00+02:00",
+                "2026-03-30T00:30:00.000Z 02:30+02:00",
+            ]
+        );
+        s.update_job(0, daily, &json!({"enabled": false})).unwrap();
+        // Weekday 08:00 local, from Thursday Mar 26: 07:00Z on Friday, 06:00Z on Monday.
+        clock.set(at("2026-03-26T12:00:00Z"));
+        let work = cron_job(&s, "0 8 * * MON-FRI", berlin);
+        assert_eq!(
+            fire_series(&s, &clock, work, berlin, 2),
+            [
+                "2026-03-27T07:00:00.000Z 08:00+01:00",
+                "2026-03-30T06:00:00.000Z 08:00+02:00",
+            ]
+        );
+        s.update_job(0, work, &json!({"enabled": false})).unwrap();
+        // Every 45 minutes across the gap: uniform in real time, 01:45 CET then 03:30 CEST.
+        clock.set(at("2026-03-28T23:15:00Z")); // 00:15 CET
+        let every = interval_job(&s, 45);
+        assert_eq!(
+            fire_series(&s, &clock, every, berlin, 3),
+            [
+                "2026-03-29T00:00:00.000Z 01:00+01:00",
+                "2026-03-29T00:45:00.000Z 01:45+01:00",
+                "2026-03-29T01:30:00.000Z 03:30+02:00",
+            ]
+        );
+    }
+
+    #[test]
+    fn dst_berlin_fall_back_through_the_scheduler() {
+        let berlin = "Europe/Berlin";
+        let clock = Arc::new(ManualClock::new(at("2026-10-24T12:00:00Z")));
+        let s = service("dst-berlin-fall", clock.clone());
+        // 02:30 happens twice on Oct 25 (03:00 CEST → 02:00 CET at 01:00Z): once, the first.
+        let daily = cron_job(&s, "30 2 * * *", berlin);
+        assert_eq!(
+            fire_series(&s, &clock, daily, berlin, 3),
+            [
+                "2026-10-25T00:30:00.000Z 02:30+02:00",
+                "2026-10-26T01:30:00.000Z 02:30+01:00",
+                "2026-10-27T01:30:00.000Z 02:30+01:00",
+            ]
+        );
+        s.update_job(0, daily, &json!({"enabled": false})).unwrap();
+        // Every 20 minutes from 01:50 CEST: 02:00–02:40 fire in the first pass only.
+        clock.set(at("2026-10-24T23:50:00Z")); // 01:50 CEST
+        let third = cron_job(&s, "*/20 * * * *", berlin);
+        assert_eq!(
+            fire_series(&s, &clock, third, berlin, 5),
+            [
+                "2026-10-25T00:00:00.000Z 02:00+02:00",
+                "2026-10-25T00:20:00.000Z 02:20+02:00",
+                "2026-10-25T00:40:00.000Z 02:40+02:00",
+                "2026-10-25T02:00:00.000Z 03:00+01:00",
+                "2026-10-25T02:20:00.000Z 03:20+01:00",
+            ]
+        );
+        s.update_job(0, third, &json!({"enabled": false})).unwrap();
+        // An interval job that was overdue across the change fires once, then stays on its
+        // real-time grid: 90-minute slots from 23:30Z, server down until 02:10Z.
+        clock.set(at("2026-10-24T22:00:00Z"));
+        let every = interval_job(&s, 90);
+        assert_eq!(
+            iso(job_next(&s, every).unwrap()),
+            "2026-10-24T23:30:00.000Z"
+        );
+        clock.set(at("2026-10-25T02:10:00Z")); // 03:10 CET, 2 slots missed
+        let (claims, next) = s.claim_due(s.now()).unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].run.started_at, at("2026-10-25T02:10:00Z"));
+        assert_eq!(next, Some(at("2026-10-25T02:30:00Z")));
+        s.finish(claims[0].run.id, every, Finish::failed("x"))
+            .unwrap();
+        assert_eq!(
+            fire_series(&s, &clock, every, berlin, 2),
+            [
+                "2026-10-25T02:30:00.000Z 03:30+01:00",
+                "2026-10-25T04:00:00.000Z 05:00+01:00",
+            ]
+        );
+    }
+
+    /// The same as the claim-path tests, but through the real scheduler thread: it sleeps
+    /// until the job is due by the injected clock and starts the run at the gap's end.
+    #[test]
+    fn dst_scheduler_thread_fires_at_the_end_of_the_berlin_gap() {
+        let clock = Arc::new(ManualClock::new(at("2026-03-29T00:40:00Z"))); // 01:40 CET
+        let s = service("dst-thread", clock.clone());
+        let handle = start(&s);
+        let id = cron_job(&s, "30 2 * * *", "Europe/Berlin");
+        assert_eq!(iso(job_next(&s, id).unwrap()), "2026-03-29T01:00:00.000Z");
+        clock.set(at("2026-03-29T00:59:59.999Z"));
+        handle.notify_changed();
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(runs_of(&s, id).is_empty(), "fired before the gap ended");
+        clock.set(at("2026-03-29T01:00:00Z"));
+        handle.notify_changed();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let run = loop {
+            let runs = runs_of(&s, id);
+            if let Some(r) = runs.first().filter(|r| r.status != RunStatus::Running) {
+                break r.clone();
+            }
+            assert!(Instant::now() < deadline, "the scheduler did not fire");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        handle.shutdown();
+        assert_eq!(run.trigger_source, TriggerSource::Schedule);
+        assert_eq!(iso(run.started_at), "2026-03-29T01:00:00.000Z");
+        assert_eq!(runs_of(&s, id).len(), 1);
+        assert_eq!(iso(job_next(&s, id).unwrap()), "2026-03-30T00:30:00.000Z");
+    }
 }
