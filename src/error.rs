@@ -7,6 +7,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// One validation problem, as sent in `details`.
+/// The challenges of a 401: both schemes we accept, each with the realm RFC 7617 requires of
+/// Basic (and RFC 6750 allows for Bearer).
+pub const WWW_AUTHENTICATE: &str = r#"Bearer realm="assistantd", Basic realm="assistantd""#;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
     /// Where in the body: object keys as strings, array indices as numbers (zod's shape).
@@ -135,7 +139,7 @@ impl ApiError {
     /// Extra response headers.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer, Basic".into())],
+            ApiError::Unauthorized => vec![("WWW-Authenticate", WWW_AUTHENTICATE.into())],
             ApiError::MethodNotAllowed { allow } => vec![("Allow", (*allow).into())],
             ApiError::RateLimited { retry_after_secs } => {
                 vec![("Retry-After", retry_after_secs.to_string())]

@@ -55,7 +55,10 @@ fn auth_failures_are_401_with_the_exact_body() {
         let r = http("GET", &url, &hs, None);
         assert_eq!(r.status, 401, "{hs:?}");
         assert_eq!(r.body, br#"{"error":"Unauthorized"}"#);
-        assert!(r.header("WWW-Authenticate").is_some());
+        assert_eq!(
+            r.header("WWW-Authenticate"),
+            Some(r#"Bearer realm="assistantd", Basic realm="assistantd""#)
+        );
     }
     for good in [
         format!("Bearer {t}"),
