@@ -298,6 +298,57 @@ mod tests {
     }
 
     #[test]
+    fn every_path_opencode_and_worker_setting_by_flag_env_and_default() {
+        let env = [
+            ("REPOS_ROOT", "/srv/repos"),
+            ("ASSISTANT_WORKSPACE", "/srv/ws"),
+            ("OPENCODE_URL", "http://127.0.0.1:4096"),
+            ("OPENCODE_HOST", "10.0.0.9"),
+            ("ASSISTANTD_WORKERS", "3"),
+            ("OPENCODE_SERVER_USERNAME", "me"),
+            ("OPENCODE_SERVER_PASSWORD", "pw"),
+        ];
+        let (_, c) = run(&["--state", "/s"], &env).unwrap();
+        assert_eq!(c.repos_root, PathBuf::from("/srv/repos"));
+        assert_eq!(c.workspace, PathBuf::from("/srv/ws"));
+        assert_eq!(
+            c.opencode_url, "http://127.0.0.1:4096",
+            "OPENCODE_URL wins over the parts"
+        );
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.opencode_username, "me");
+        assert_eq!(c.opencode_password.as_deref(), Some("pw"));
+        let flags = [
+            "--state",
+            "/s",
+            "--repos-root",
+            "/f/repos",
+            "--workspace",
+            "/f/ws",
+            "--opencode-url",
+            "https://oc.example:1",
+            "--workers",
+            "5",
+        ];
+        let (_, c) = run(&flags, &env).unwrap();
+        assert_eq!(c.repos_root, PathBuf::from("/f/repos"));
+        assert_eq!(c.workspace, PathBuf::from("/f/ws"));
+        assert_eq!(c.opencode_url, "https://oc.example:1");
+        assert_eq!(c.workers, 5);
+        // The workspace follows REPOS_ROOT when it is not set itself.
+        let (_, c) = run(&["--state", "/s"], &[("REPOS_ROOT", "/r")]).unwrap();
+        assert_eq!(c.workspace, PathBuf::from("/r/assistant"));
+        let (_, c) = run(&["--state", "/s"], &[]).unwrap();
+        assert_eq!(c.opencode_username, "opencode");
+        assert_eq!(c.opencode_password, None);
+        assert_eq!(c.workers, default_workers());
+        for bad in ["0", "x", &(MAX_WORKERS + 1).to_string()] {
+            assert!(run(&["--workers", bad], &[]).is_err(), "{bad}");
+        }
+        assert!(run(&[], &[("OPENCODE_URL", "ftp://x")]).is_err());
+    }
+
+    #[test]
     fn commands() {
         assert_eq!(
             run(&["init", "--force"], &[]).unwrap().0,
