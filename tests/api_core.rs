@@ -249,6 +249,37 @@ fn reload_succeeds_then_sixth_call_is_429() {
     // Auth still comes first.
     let r = http("POST", &s.url("/api/internal/assistant/reload"), &[], None);
     assert_eq!(r.status, 401);
+    // The send bucket is a separate one: still full.
+    let r = s.call(
+        "POST",
+        "/api/internal/notifications/send",
+        Some(r#"{"title":"t","body":"b"}"#),
+    );
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            200,
+            json!({"delivered": 0, "expired": 0, "failed": 0, "noSubscriptions": true})
+        )
+    );
+}
+
+#[test]
+fn sigint_stops_like_sigterm() {
+    let d = TempDir::new("sigint");
+    let mut s = TestServer::start(&d.join("state"), &[], &[]);
+    assert_eq!(s.call("GET", "/api/internal/settings", None).status, 200);
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut code = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        code = s.child.try_wait().unwrap().map(|st| st.code());
+        code.is_some()
+    }));
+    assert_eq!(code, Some(Some(0)));
 }
 
 fn write_repos(state: &std::path::Path, repos: Value) {
