@@ -92,18 +92,24 @@ pub fn ensure_token_file(state_dir: &Path) -> io::Result<bool> {
     let p = state_dir.join(TOKEN_FILE);
     if p.exists() {
         auth::read_token_file(&p)?;
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(&p)?.permissions().mode() & 0o777;
-        if mode != SECRET_MODE {
-            // A read-only state dir keeps serving; say so rather than refuse to start.
-            if let Err(e) = fs::set_permissions(&p, fs::Permissions::from_mode(SECRET_MODE)) {
-                eprintln!("warning: cannot make {} mode 0600: {e}", p.display());
-            }
-        }
+        keep_secret_mode(&p)?;
         return Ok(false);
     }
     store::write_atomic(&p, auth::generate_token().as_bytes(), SECRET_MODE)?;
     Ok(true)
+}
+
+/// Makes an existing secret file (token, vapid.json) mode 0600 again if someone loosened it.
+/// A read-only state dir keeps serving: that is logged rather than refused.
+fn keep_secret_mode(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(p)?.permissions().mode() & 0o777;
+    if mode != SECRET_MODE {
+        if let Err(e) = fs::set_permissions(p, fs::Permissions::from_mode(SECRET_MODE)) {
+            eprintln!("warning: cannot make {} mode 0600: {e}", p.display());
+        }
+    }
+    Ok(())
 }
 
 /// The token in force: `ASSISTANTD_TOKEN` or the state file.
@@ -203,6 +209,10 @@ impl App {
             &store,
         )
         .map_err(|e| format!("VAPID: {e}"))?;
+        let vapid_file = cfg.state_dir.join(push::vapid::VAPID_FILE);
+        if vapid_file.exists() {
+            keep_secret_mode(&vapid_file).map_err(|e| format!("VAPID: {e}"))?;
+        }
         match &vapid {
             None => eprintln!("push: no VAPID keys (env or vapid.json); sends answer 503"),
             Some(k) if k.subject_is_placeholder() => eprintln!(
