@@ -589,3 +589,53 @@ fn now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Time zones come from the tz database built into the binary: with no zoneinfo to be found
+/// (TZDIR pointing nowhere, TZ a zone name), New York's winter (UTC-5) and summer (UTC-4) and
+/// Berlin's are still right, and an unknown zone is still refused.
+#[test]
+fn time_zones_work_without_any_zoneinfo_files() {
+    let d = TempDir::new("sched-tzdb");
+    let env = [("TZDIR", "/nonexistent/zoneinfo"), ("TZ", "Europe/Berlin")];
+    let s = TestServer::start(&d.join("state"), &[], &env);
+    let now_ms = now();
+    // The next `month`-15 09:00 local, given that local time there is UTC+`offset_h`.
+    let next = |month: i8, offset_h: i8| -> i64 {
+        let year = jiff::Timestamp::from_millisecond(now_ms)
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .year();
+        [year, year + 1]
+            .iter()
+            .map(|y| {
+                jiff::civil::date(*y, month, 15)
+                    .at(9 - offset_h, 0, 0, 0)
+                    .to_zoned(jiff::tz::TimeZone::UTC)
+                    .unwrap()
+                    .timestamp()
+                    .as_millisecond()
+            })
+            .find(|t| *t > now_ms)
+            .unwrap()
+    };
+    for (tz, month, offset_h) in [
+        ("America/New_York", 1, -5),
+        ("America/New_York", 7, -4),
+        ("Europe/Berlin", 1, 1),
+        ("Europe/Berlin", 7, 2),
+    ] {
+        let body = json!({"name": format!("{tz} {month}"), "prompt": "p", "scheduleMode": "cron",
+                          "cronExpression": format!("0 9 15 {month} *"), "timezone": tz});
+        let (status, v) = call(&s, "POST", P0, Some(body));
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(v["job"]["timezone"], tz);
+        assert_eq!(
+            v["job"]["nextRunAt"],
+            next(month, offset_h),
+            "{tz} month {month}"
+        );
+    }
+    let body = json!({"name": "x", "prompt": "p", "scheduleMode": "cron",
+                      "cronExpression": "0 9 * * *", "timezone": "Mars/Olympus_Mons"});
+    assert_eq!(call(&s, "POST", P0, Some(body)).0, 400);
+}
