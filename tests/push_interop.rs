@@ -137,6 +137,22 @@ fn assert_valid_push(rx: &Receiver, message: &Value, vapid: &VapidKeys, payload:
     assert_eq!(h["ttl"], DEFAULT_TTL_SECS.to_string());
 }
 
+/// One device per answer issue 3 lists, `(name, receiver script)`: three successes, the two
+/// that expire a subscription, five failures (429 with a `Retry-After` of 30) and a hang.
+pub(crate) const EVERY_STATUS: [(&str, &str); 11] = [
+    ("s201", "status=201"),
+    ("s202", "status=202"),
+    ("s200", "status=200"),
+    ("s404", "status=404"),
+    ("s410", "status=410"),
+    ("s400", "status=400"),
+    ("s403", "status=403"),
+    ("s413", "status=413"),
+    ("s429", "status=429&retry_after=30"),
+    ("s500", "status=500"),
+    ("hang", "status=201&hang_secs=60"),
+];
+
 /// Every scripted status, through `send_all` with the production client: the right outcome
 /// for each, everything decrypted and verified by the receiver, and a hanging push service
 /// costing no more than the deadline.
@@ -145,19 +161,7 @@ fn issue_3_interop_every_status_decrypts_and_verifies() {
     let rx = Receiver::start();
     let store = temp_store("statuses");
     let vapid = VapidKeys::generate(SUBJECT).unwrap();
-    let script = [
-        ("s201", "status=201"),
-        ("s202", "status=202"),
-        ("s200", "status=200"),
-        ("s404", "status=404"),
-        ("s410", "status=410"),
-        ("s400", "status=400"),
-        ("s403", "status=403"),
-        ("s413", "status=413"),
-        ("s429", "status=429&retry_after=30"),
-        ("s500", "status=500"),
-        ("hang", "status=201&hang_secs=60"),
-    ];
+    let script = EVERY_STATUS;
     let mut subs: Vec<Subscription> = Vec::new();
     for (i, (name, s)) in script.iter().enumerate() {
         let body = rx.device(name, s);
