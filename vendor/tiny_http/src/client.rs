@@ -243,7 +243,15 @@ impl Conn<'_> {
             self.parse_head(head_end)?;
         self.start = head_end;
 
-        let (status, body, after) = self.read_body(&rq, framing, expect_continue)?;
+        // A request whose body fails (deadline, client gone, evicted) never reaches the
+        // application: it must not answer 500 on its way out before the 408 (or the close).
+        let (status, body, after) = match self.read_body(&rq, framing, expect_continue) {
+            Ok(v) => v,
+            Err(e) => {
+                rq.discard();
+                return Err(e);
+            }
+        };
         rq.set_body(status, body);
         let close = client_close
             || after == After::Close
@@ -257,7 +265,10 @@ impl Conn<'_> {
             ConnectionHeader::None
         });
 
-        self.to(BUSY)?;
+        if let Err(e) = self.to(BUSY) {
+            rq.discard();
+            return Err(e);
+        }
         self.shared.messages.push(rq);
         // We hold a sender ourselves and a dropped Request answers 500, so this always returns.
         let reply = self.reply_rx.recv().map_err(|_| Fail::Gone)?;

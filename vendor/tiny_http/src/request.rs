@@ -103,6 +103,13 @@ impl Request {
         self.connection = c;
     }
 
+    /// Drops the request without any answer: for one that never reached the application
+    /// because its body could not be read (the connection layer answers 408 or closes), where
+    /// the automatic 500 of `Drop` would be a second, wrong response on the socket.
+    pub(crate) fn discard(mut self) {
+        self.reply = None;
+    }
+
     /// Returns true if the request was made through HTTPS (never: TLS support was removed).
     #[inline]
     pub fn secure(&self) -> bool {
