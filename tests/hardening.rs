@@ -735,6 +735,104 @@ fn issue4_keep_alive_after_rejected_request_with_unread_body() {
     assert_log_clean(&s, &["wrong"]);
 }
 
+// ---------------------------------------------------------------- body deadline
+
+/// SLOW (`BODY_TIMEOUT`, 20 s). Two admitted requests (valid token) whose bodies never complete:
+/// one stalls after a few bytes, one trickles a byte a second (the deadline is for the whole
+/// body, not per read). Each is answered `408` with a JSON error and closed at `BODY_TIMEOUT`
+/// after its head, nothing of the body is applied, and a normal client is answered within the
+/// bound all along.
+#[test]
+fn issue4_stalled_body_of_an_admitted_request_is_cut_at_body_timeout_slow() {
+    let _g = heavy();
+    let (_d, mut s) = start("bodytimeout", &[]);
+    let settings = s.state.join("settings.json");
+    let before = std::fs::read(&settings).unwrap();
+    let head = format!(
+        "PATCH /api/internal/settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"theme\": \"light\"",
+        s.token()
+    );
+    let prober = Prober::start(&s);
+    let cases: Vec<(bool, Duration, Vec<u8>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = [false, true]
+            .into_iter()
+            .map(|trickle| {
+                let (head, s) = (&head, &s);
+                sc.spawn(move || {
+                    let mut c = TcpStream::connect(addr(s)).unwrap();
+                    c.write_all(head.as_bytes()).unwrap();
+                    let t0 = Instant::now();
+                    let answered = Arc::new(AtomicBool::new(false));
+                    if trickle {
+                        let (mut w, answered) = (c.try_clone().unwrap(), answered.clone());
+                        std::thread::spawn(move || {
+                            while !answered.load(Ordering::SeqCst) && w.write_all(b" ").is_ok() {
+                                std::thread::sleep(Duration::from_secs(1));
+                            }
+                        });
+                    }
+                    c.set_read_timeout(Some(limits::BODY_TIMEOUT + Duration::from_secs(5)))
+                        .unwrap();
+                    let mut first = [0u8; 1];
+                    let n = c.read(&mut first).unwrap_or(0);
+                    let cut = t0.elapsed();
+                    answered.store(true, Ordering::SeqCst);
+                    let mut raw = first[..n].to_vec();
+                    c.set_read_timeout(Some(limits::LINGER_TIMEOUT + Duration::from_secs(2)))
+                        .unwrap();
+                    // EOF, or a reset once the server stops lingering: closed either way.
+                    let mut rest = Vec::new();
+                    let r = c.read_to_end(&mut rest);
+                    assert!(
+                        !matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+                        "not closed after the 408: {r:?}"
+                    );
+                    raw.extend_from_slice(&rest);
+                    (trickle, cut, raw)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let worst = prober.finish();
+    for (trickle, cut, raw) in &cases {
+        let what = if *trickle { "trickling" } else { "stalled" };
+        assert!(
+            *cut >= limits::BODY_TIMEOUT - Duration::from_millis(200)
+                && *cut < limits::BODY_TIMEOUT + Duration::from_secs(2),
+            "{what} body cut after {cut:?}"
+        );
+        let r = parse_response(raw);
+        assert_eq!(
+            (r.status, r.header("Connection"), r.json()),
+            (
+                408,
+                Some("close"),
+                serde_json::json!({"error": "Request Timeout"})
+            ),
+            "{what} body"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&settings).unwrap(),
+        before,
+        "a partial body was applied"
+    );
+    assert!(alive(&mut s));
+    let worst = worst.max(normal_request(&s, &mut None));
+    measure(
+        "stalled and trickling admitted bodies",
+        &s,
+        worst,
+        &format!(
+            "; cut after {:?} and {:?} (BODY_TIMEOUT {:?})",
+            cases[0].1,
+            cases[1].1,
+            limits::BODY_TIMEOUT
+        ),
+    );
+}
+
 // ---------------------------------------------------------------- 8. 64 keep-alive clients
 
 /// SLOW (10 s). 64 keep-alive clients connect at once, each sends a request every 10 ms for
@@ -1094,8 +1192,134 @@ fn fuzz_request_edge_with_random_bytes() {
 
 /// The hand-written-JSON reader on random and mutated input: no panic, and whatever it accepts
 /// is valid JSON.
+/// A random JSON value whose strings are full of what the comment and comma stripper looks at.
+fn jsonc_value(rng: &mut Rng, depth: usize) -> serde_json::Value {
+    use serde_json::{json, Value};
+    const CHARS: &[char] = &[
+        'a', '/', '*', ',', ']', '}', '[', '{', '"', '\\', ' ', '\n', '\t', 'é', '😀', '\u{0}',
+    ];
+    let string = |rng: &mut Rng| -> String {
+        (0..rng.below(8))
+            .map(|_| CHARS[rng.below(CHARS.len())])
+            .collect()
+    };
+    match rng.below(if depth > 3 { 5 } else { 7 }) {
+        0 => Value::Null,
+        1 => json!(rng.chance(50)),
+        2 => match rng.below(3) {
+            0 => json!(rng.next() as i64),
+            1 => json!(rng.below(1000) as f64 / 8.0 - 60.0),
+            _ => json!(1.5e300),
+        },
+        3 | 4 => json!(string(rng)),
+        5 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| jsonc_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Object(
+            (0..rng.below(4))
+                .map(|_| (string(rng), jsonc_value(rng, depth + 1)))
+                .collect(),
+        ),
+    }
+}
+
+/// Whitespace and comments, as a person puts them between tokens (comment texts hold the
+/// characters that matter: quotes, commas, brackets, slashes and stars).
+fn jsonc_gap(rng: &mut Rng, out: &mut String) {
+    const GAPS: &[&str] = &[
+        " ",
+        "\n",
+        "\t",
+        "\r\n",
+        "// a \"comment\", with ] and } and /* and */\n",
+        "//\n",
+        "/* block, ] } \" // \n across lines */",
+        "/**/",
+        "/* * / *\\ */",
+    ];
+    for _ in 0..rng.below(3) {
+        out.push_str(GAPS[rng.below(GAPS.len())]);
+    }
+}
+
+/// `v` as hand-edited JSON: gaps between all tokens and, sometimes, a trailing comma after the
+/// last element of a non-empty array or object.
+fn write_jsonc(rng: &mut Rng, v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    jsonc_gap(rng, out);
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_jsonc(rng, item, out);
+            }
+            if !items.is_empty() && rng.chance(50) {
+                out.push(',');
+                jsonc_gap(rng, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                jsonc_gap(rng, out);
+                out.push_str(&serde_json::to_string(k).unwrap());
+                jsonc_gap(rng, out);
+                out.push(':');
+                write_jsonc(rng, item, out);
+            }
+            if !map.is_empty() && rng.chance(50) {
+                out.push(',');
+                jsonc_gap(rng, out);
+            }
+            out.push('}');
+        }
+        leaf => out.push_str(&serde_json::to_string(leaf).unwrap()),
+    }
+    jsonc_gap(rng, out);
+}
+
+/// `parse_jsonc` (hand-written state files) against serde_json: plain JSON, compact or pretty,
+/// parses to exactly what serde_json gives; the same document with comments, odd whitespace
+/// and trailing commas inserted between tokens parses to the same value; for mutated and
+/// random bytes, whatever serde_json accepts `parse_jsonc` accepts as the same value, and
+/// stripping never changes the number of lines (error positions stay right).
 #[test]
 fn fuzz_parse_jsonc() {
+    use assistantd::util::{parse_jsonc, strip_jsonc};
+    let mut rng = Rng(42);
+    for i in 0..5_000 {
+        let v = jsonc_value(&mut rng, 0);
+        for plain in [
+            serde_json::to_string(&v).unwrap(),
+            serde_json::to_string_pretty(&v).unwrap(),
+        ] {
+            let want: serde_json::Value = serde_json::from_str(&plain).unwrap();
+            assert_eq!(parse_jsonc(plain.as_bytes()), Ok(want), "case {i}: {plain}");
+        }
+        let want: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        let mut edited = String::new();
+        write_jsonc(&mut rng, &v, &mut edited);
+        assert_eq!(
+            parse_jsonc(edited.as_bytes()),
+            Ok(want),
+            "case {i}: {edited:?}"
+        );
+        assert_eq!(
+            strip_jsonc(&edited).matches('\n').count(),
+            edited.matches('\n').count(),
+            "case {i}: {edited:?}"
+        );
+    }
     let seeds: [&[u8]; 5] = [
         b"{\"a\": [1, 2, {\"b\": null}], // c\n \"d\": \"/* not a comment */\",}",
         b"/* x */ [true, false, 1e5, -0.5, \"\\u00e9\\\"\",]",
@@ -1103,17 +1327,29 @@ fn fuzz_parse_jsonc() {
         b"\"// inside a string\"",
         b"",
     ];
-    let mut rng = Rng(42);
+    let mut accepted = 0;
     for i in 0..20_000 {
-        let input = if i % 5 == 0 {
+        let input: Vec<u8> = if i % 5 == 0 {
             (0..rng.below(64)).map(|_| rng.next() as u8).collect()
         } else {
             let seed = seeds[rng.below(seeds.len())];
             rng.mutate(seed)
         };
-        if let Ok(v) = assistantd::util::parse_jsonc(&input) {
-            let text = serde_json::to_string(&v).unwrap();
-            assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+        let got = parse_jsonc(&input);
+        if let Ok(want) = serde_json::from_slice::<serde_json::Value>(&input) {
+            accepted += 1;
+            assert_eq!(got, Ok(want), "{:?}", String::from_utf8_lossy(&input));
+        }
+        if let Ok(text) = std::str::from_utf8(&input) {
+            assert_eq!(
+                strip_jsonc(text).matches('\n').count(),
+                text.matches('\n').count(),
+                "{text:?}"
+            );
         }
     }
+    assert!(
+        accepted > 100,
+        "only {accepted} mutated inputs were plain JSON"
+    );
 }

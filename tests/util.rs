@@ -14,6 +14,26 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_assistantd");
 /// A fixed token for tests that want one.
 pub const FIXED_TOKEN: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+/// Secret values the tests plant (stored API keys and git tokens, passwords, request bodies):
+/// no server log may hold one. Every [`TestServer`] checks its log on drop against these, the
+/// secrets of its state dir and the secret env values it was started with (see
+/// [`TestServer::secrets`]).
+pub const SECRET_FIXTURES: &[&str] = &[
+    FIXED_TOKEN,
+    // tests/api_settings.rs: stored tts.apiKey and git credential token.
+    "sk-tts-SECRET",
+    "ghp_SECRET",
+    // tests/durability.rs: stored tts.apiKey, OpenCode password, a PATCH body value.
+    "sk-very-SECRET-value",
+    "oc-SECRET-pw",
+    "body-SECRET",
+    // tests/schedules_opencode.rs: the OpenCode server password.
+    "schedules-test-pw",
+];
+
+/// Secrets shorter than this are not looked for (they could occur in a log line by chance).
+const MIN_SECRET_LEN: usize = 8;
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -64,6 +84,9 @@ pub struct TestServer {
     pub port: u16,
     pub state: PathBuf,
     pub log: PathBuf,
+    /// Secrets seen at start (token, VAPID private key, secret env values, stored settings
+    /// secrets), in case the state dir changes or goes before the drop's log check.
+    pub start_secrets: Vec<String>,
 }
 
 impl TestServer {
@@ -125,13 +148,36 @@ impl TestServer {
         };
         let base = line.trim().trim_start_matches("listening on ").to_string();
         let port = base.rsplit(':').next().unwrap().parse().unwrap();
+        let mut start_secrets: Vec<String> = envs
+            .iter()
+            .filter(|(k, _)| {
+                ["TOKEN", "PASSWORD", "PRIVATE", "SECRET"]
+                    .iter()
+                    .any(|w| k.contains(w))
+            })
+            .map(|(_, v)| v.to_string())
+            .collect();
+        start_secrets.extend(state_secrets(state));
         Ok(TestServer {
             child,
             base,
             port,
             state: state.to_path_buf(),
             log,
+            start_secrets,
         })
+    }
+
+    /// Everything this server's log must not contain: [`SECRET_FIXTURES`], the secrets seen at
+    /// start and the ones in the state dir now.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut all: Vec<String> = SECRET_FIXTURES.iter().map(|s| s.to_string()).collect();
+        all.extend(self.start_secrets.iter().cloned());
+        all.extend(state_secrets(&self.state));
+        all.retain(|s| s.len() >= MIN_SECRET_LEN);
+        all.sort();
+        all.dedup();
+        all
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -192,10 +238,101 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Kills the server, then checks its whole log for secrets (issue 4: no token, key, secret
+    /// or body in any log line) before removing it. Skipped when the test already panicked.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = std::fs::read(&self.log).unwrap_or_default();
         let _ = std::fs::remove_file(&self.log);
+        if std::thread::panicking() {
+            return;
+        }
+        let log = String::from_utf8_lossy(&log);
+        let leaks: Vec<String> = self
+            .secrets()
+            .into_iter()
+            .filter(|secret| log.contains(secret.as_str()))
+            .map(|secret| {
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains(&secret))
+                    .take(3)
+                    .collect();
+                format!("{secret:?} in {lines:?}")
+            })
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "secrets in the log of the server on {}: {leaks:?}",
+            self.state.display()
+        );
+    }
+}
+
+/// The secrets a state dir holds: the token, the VAPID private key, every stored settings
+/// secret (what `settings::redact` hides) and the subscriptions' `auth` secrets. Files that are
+/// missing or do not parse (tests break them on purpose) give none.
+pub fn state_secrets(state: &Path) -> Vec<String> {
+    let read = |f: &str| {
+        std::fs::read(state.join(f))
+            .ok()
+            .and_then(|b| assistantd::util::parse_jsonc(&b).ok())
+    };
+    let mut out = Vec::new();
+    if let Ok(t) = std::fs::read_to_string(state.join("internal-token")) {
+        out.push(t.trim().to_string());
+    }
+    if let Some(v) = read("vapid.json") {
+        if let Some(k) = v["privateKey"].as_str() {
+            out.push(k.to_string());
+        }
+    }
+    if let Some(Value::Object(users)) = read("settings.json").map(|v| v["users"].clone()) {
+        for user in users.values() {
+            if let Value::Object(prefs) = &user["preferences"] {
+                let mut hidden = prefs.clone();
+                assistantd::settings::redact(&mut hidden);
+                redacted_strings(
+                    &Value::Object(prefs.clone()),
+                    &Value::Object(hidden),
+                    &mut out,
+                );
+            }
+        }
+    }
+    if let Some(Value::Array(subs)) = read("subscriptions.json").map(|v| v["subscriptions"].clone())
+    {
+        for s in subs {
+            if let Some(a) = s["auth"].as_str() {
+                // Placeholder fixtures (one repeated character) are not secrets.
+                if a.chars().any(|c| !a.starts_with(c)) {
+                    out.push(a.to_string());
+                }
+            }
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// The strings of `plain` that `hidden` (the same value after redaction) replaced.
+fn redacted_strings(plain: &Value, hidden: &Value, out: &mut Vec<String>) {
+    match (plain, hidden) {
+        (Value::String(a), Value::String(b)) if a != b => out.push(a.clone()),
+        (Value::Array(a), Value::Array(b)) => {
+            for (x, y) in a.iter().zip(b) {
+                redacted_strings(x, y, out);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, x) in a {
+                if let Some(y) = b.get(k) {
+                    redacted_strings(x, y, out);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
