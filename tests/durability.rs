@@ -388,17 +388,11 @@ fn secret_files_stay_0600_across_init_rotation_and_restart() {
     for f in files {
         assert_eq!(mode(f), 0o600, "{f} after rotation");
     }
-    // A loosened token file is tightened again at the next start.
-    std::fs::set_permissions(
-        state.join("internal-token"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        state.join("repos/assistant/.opencode/internal-token"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    // Every loosened secret file is tightened again at the next start.
+    for f in files {
+        std::fs::set_permissions(state.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(mode(f), 0o644);
+    }
     let s = TestServer::start(&state, &[], &[]);
     for f in files {
         assert_eq!(mode(f), 0o600, "{f} after restart");
