@@ -5,7 +5,30 @@ use assistantd::cli::{self, Command, Config};
 use std::io::Write;
 use std::process::ExitCode;
 
+/// Malloc arenas the whole process may use. glibc starts a new arena for each thread that
+/// allocates (up to 8 per core) and keeps each one's freed memory resident; our threads
+/// allocate little and briefly, and glibc's per-thread caches serve most of it without the
+/// arena lock. Measured on the 100-repo bench fixture after a warm-up: idle VmRSS 4.9 → 4.6 MB,
+/// VmHWM under the GET load 5.6 → 5.2 MB, req/s unchanged within the machine's noise.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Applies [`MALLOC_ARENAS`], unless the environment already tunes glibc's malloc (then that
+/// choice stands). Runs first thing in `main`, before any other thread exists.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
+    {
+        // SAFETY: mallopt only sets a glibc malloc parameter; it takes no pointers, and no
+        // other thread exists yet to race with it. A refusal (0) leaves the default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     // One line per panic (the edge turns a handler panic into a 500 and the worker lives on);
     // no backtrace capture, which would cost tens of MB of RSS while symbolising.
     std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
