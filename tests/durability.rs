@@ -546,6 +546,33 @@ fn all_fail_naming(
 }
 
 /// The domains that do not use the broken file keep working, reads and writes.
+/// Writes each broken version of `file` in turn: every request of its domain fails naming it
+/// (bytes unchanged), the other domains and `also` keep working, and the log names the problem.
+#[allow(clippy::too_many_arguments)]
+fn every_broken_version_fails_alone(
+    s: &TestServer,
+    state: &std::path::Path,
+    file: &str,
+    key: &str,
+    valid: &[u8],
+    cut: usize,
+    reqs: &[(&str, &str, Option<&str>)],
+    also: &str,
+) {
+    for (n, (bytes, msg)) in broken_versions(file, key, valid, cut)
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(state.join(file), &bytes).unwrap();
+        all_fail_naming(s, file, &bytes, &msg, reqs);
+        other_domains_work(s, n, also);
+        assert!(
+            s.log_text().contains(&msg),
+            "the log names the problem: {msg}"
+        );
+    }
+}
+
 fn other_domains_work(s: &TestServer, n: usize, also: &str) {
     let r = s.call(
         "PATCH",
@@ -600,18 +627,16 @@ fn broken_subscriptions_json_is_500_naming_it_bytes_stay_and_the_rest_works() {
             Some(r#"{"title": "t", "body": "b"}"#),
         ),
     ];
-    for (n, (bytes, msg)) in broken_versions("subscriptions.json", "subscriptions", &valid, cut)
-        .into_iter()
-        .enumerate()
-    {
-        std::fs::write(state.join("subscriptions.json"), &bytes).unwrap();
-        all_fail_naming(&s, "subscriptions.json", &bytes, &msg, &reqs);
-        other_domains_work(&s, n, "/api/internal/repos/0/schedules");
-        assert!(
-            s.log_text().contains(&msg),
-            "the log names the problem: {msg}"
-        );
-    }
+    every_broken_version_fails_alone(
+        &s,
+        &state,
+        "subscriptions.json",
+        "subscriptions",
+        &valid,
+        cut,
+        &reqs,
+        "/api/internal/repos/0/schedules",
+    );
     // Put back, the file works again (errors are never cached).
     std::fs::write(state.join("subscriptions.json"), &valid).unwrap();
     let r = s.call("GET", "/api/notifications/subscriptions", None);
@@ -655,18 +680,16 @@ fn broken_schedules_json_is_500_naming_it_bytes_stay_and_the_rest_works() {
         ),
         ("DELETE", "/api/internal/repos/0/schedules/1", None),
     ];
-    for (n, (bytes, msg)) in broken_versions("schedules.json", "jobs", &valid, cut)
-        .into_iter()
-        .enumerate()
-    {
-        std::fs::write(state.join("schedules.json"), &bytes).unwrap();
-        all_fail_naming(&s, "schedules.json", &bytes, &msg, &reqs);
-        other_domains_work(&s, n, "/api/notifications/subscriptions");
-        assert!(
-            s.log_text().contains(&msg),
-            "the log names the problem: {msg}"
-        );
-    }
+    every_broken_version_fails_alone(
+        &s,
+        &state,
+        "schedules.json",
+        "jobs",
+        &valid,
+        cut,
+        &reqs,
+        "/api/notifications/subscriptions",
+    );
     std::fs::write(state.join("schedules.json"), &valid).unwrap();
     let r = s.call("GET", "/api/internal/repos/0/schedules/1", None);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
