@@ -457,13 +457,7 @@ fn rotation_updates_the_servers_own_workspace_copy() {
         std::fs::metadata(&ws_token).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || s
-            .log_text()
-            .contains("token rotated; workspace copy updated")),
-        "{}",
-        s.log_text()
-    );
+    s.await_log("token rotated; workspace copy updated");
 }
 
 #[test]
@@ -494,10 +488,7 @@ fn sigterm_stops_with_exit_zero_and_one_log_line_per_request() {
     let t = s.token();
     let _ = s.call("GET", "/api/internal/repos?userId=x", None);
     let _ = http("GET", &s.url("/api/internal/nope"), &[], None);
-    assert!(wait_until(Duration::from_secs(5), || s
-        .log_text()
-        .contains("GET /api/internal/nope 401 ")));
-    let log = s.log_text();
+    let log = s.await_log("GET /api/internal/nope 401 ");
     assert!(log.contains("GET /api/internal/repos 200 "), "{log}");
     assert!(log.contains("GET /api/internal/nope 401 "), "{log}");
     assert!(!log.contains(&t), "the token must never be logged");
@@ -542,13 +533,7 @@ fn an_edited_skill_is_kept_across_restart_and_rewritten_by_init_force() {
         edited,
         "an edited skill is kept"
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || s
-            .log_text()
-            .contains("notifications/SKILL.md")),
-        "{}",
-        s.log_text()
-    );
+    s.await_log("notifications/SKILL.md");
     drop(s);
     let (code, _, err) = run_cli(
         &["init", "--force", "--state", state.to_str().unwrap()],

@@ -461,10 +461,7 @@ fn no_token_or_secret_reaches_the_log() {
         None,
     );
     let _ = s.call("GET", "/api/internal/nope", None);
-    assert!(wait_until(Duration::from_secs(5), || s
-        .log_text()
-        .contains("GET /api/internal/nope 404")));
-    let log = s.log_text();
+    let log = s.await_log("GET /api/internal/nope 404");
     for needle in [
         t.as_str(),
         secret,

@@ -195,6 +195,15 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 5 s) until the log holds `needle`; panics with the whole log otherwise.
+    /// Returns the log.
+    pub fn await_log(&self, needle: &str) -> String {
+        let found = wait_until(Duration::from_secs(5), || self.log_text().contains(needle));
+        let log = self.log_text();
+        assert!(found, "the log never said {needle:?}:\n{log}");
+        log
+    }
+
     /// An authorised JSON request.
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
         let auth = format!("Bearer {}", self.token());
