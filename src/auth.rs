@@ -247,12 +247,19 @@ mod tests {
         assert!(!is_valid_token(&T[1..]));
     }
 
-    #[test]
-    fn file_rotation_is_seen() {
-        let dir = std::env::temp_dir().join(format!("assistantd-auth-{}", std::process::id()));
+    /// A fresh `<tmp>/assistantd-auth-<tag>-<pid>/internal-token` holding `T`.
+    fn token_file(tag: &str) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("assistantd-auth-{tag}-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("internal-token");
         fs::write(&p, T).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn file_rotation_is_seen() {
+        let (_dir, p) = token_file("rotation");
         let s = TokenStore::from_file(p.clone()).unwrap();
         assert_eq!(s.current(), T);
         let t2 = generate_token();
@@ -263,10 +270,7 @@ mod tests {
 
     #[test]
     fn a_noticed_rotation_runs_the_hook_once_per_new_token() {
-        let dir = std::env::temp_dir().join(format!("assistantd-auth-hook-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("internal-token");
-        fs::write(&p, T).unwrap();
+        let (dir, p) = token_file("hook");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let log = seen.clone();
         let s = TokenStore::from_file(p.clone())
