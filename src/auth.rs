@@ -158,15 +158,21 @@ impl TokenStore {
                 }
                 // The file changed: re-read it. A half-rotated or broken file keeps the old
                 // token (rotation writes atomically, so this is only a hand-edit mistake).
-                let mut g = cell.write().unwrap_or_else(|p| p.into_inner());
-                if let (Some(st), Ok(t)) = (now, read_token_file(path)) {
-                    let changed = t != g.1;
-                    *g = (st, t);
-                    if let (true, Some(f)) = (changed, &self.on_change) {
-                        f(&g.1);
+                let (token, changed) = {
+                    let mut g = cell.write().unwrap_or_else(|p| p.into_inner());
+                    let mut changed = false;
+                    if let (Some(st), Ok(t)) = (now, read_token_file(path)) {
+                        changed = t != g.1;
+                        *g = (st, t);
                     }
+                    (g.1.clone(), changed)
+                };
+                // Outside the lock (the hook writes a file): only the thread that swapped the
+                // token in saw it change, so the hook still runs once per new token.
+                if let (true, Some(f)) = (changed, &self.on_change) {
+                    f(&token);
                 }
-                g.1.clone()
+                token
             }
             (None, Source::Fixed) => String::new(),
         }
