@@ -3,7 +3,7 @@ CARGO ?= cargo
 BIN := target/release/assistantd
 RUN_STATE := run-state
 
-.PHONY: all build run test lint bench fuzz demo clean-run
+.PHONY: all build run test test-deps lint bench fuzz demo clean-run
 
 all: build
 
@@ -20,9 +20,14 @@ run: build
 
 # The examples (bench tools) have no tests: they are only built, so that the last line cargo
 # prints is the integration suite's result, not an empty example's "0 passed".
-test:
+test: test-deps
 	$(CARGO) build --examples
 	$(CARGO) test --lib --bins --tests -- --test-threads=4
+
+# Test-only: the Python Web Push verifier's packages and the real OpenCode server (npm), into
+# .ci/opencode (ignored by git). Quick when they are there.
+test-deps:
+	bash .ci/install-test-deps
 
 # Structure-aware random fuzzing of every body parser and state-file reader (FUZZ_SECS).
 FUZZ_SECS ?= 120
